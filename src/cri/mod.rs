@@ -1,0 +1,99 @@
+//! The CRI gRPC façade: unpacks each request, calls the domain, packs the
+//! reply. It holds no logic of its own.
+//!
+//! Every RPC goes through [`traced`] (span, failure log, latency), and domain
+//! errors become `tonic::Status` codes in exactly one place, [`status`].
+
+mod image_service;
+mod runtime_service;
+mod socket;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_cri_proto::v1::image_service_server::ImageServiceServer;
+use berth_cri_proto::v1::runtime_service_server::RuntimeServiceServer;
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+pub use socket::{SocketError, bind_socket};
+pub use status::IntoStatus;
+
+use crate::daemon::Daemon;
+
+/// The name berthd reports as `runtime_name`.
+pub const RUNTIME_NAME: &str = "berth";
+/// The CRI API version berthd serves.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// The kubelet runtime API version (VersionResponse.version): always 0.1.0.
+pub const KUBE_RUNTIME_API_VERSION: &str = "0.1.0";
+
+/// A server-streaming RPC's reply stream.
+pub type ReplyStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// The RuntimeService implementation.
+#[derive(Clone)]
+pub struct RuntimeApi {
+    daemon: Arc<Daemon>,
+}
+
+/// The ImageService implementation.
+#[derive(Clone)]
+pub struct ImageApi {
+    #[expect(dead_code, reason = "the image RPCs are not built yet")]
+    daemon: Arc<Daemon>,
+}
+
+/// Both CRI services for `daemon`, with the configured message size limits.
+pub fn services(
+    daemon: Arc<Daemon>,
+) -> (
+    RuntimeServiceServer<RuntimeApi>,
+    ImageServiceServer<ImageApi>,
+) {
+    let grpc = &daemon.config().grpc;
+    let (recv, send) = (grpc.max_recv_message_size, grpc.max_send_message_size);
+    let runtime = RuntimeServiceServer::new(RuntimeApi {
+        daemon: daemon.clone(),
+    })
+    .max_decoding_message_size(recv)
+    .max_encoding_message_size(send);
+    let image = ImageServiceServer::new(ImageApi { daemon })
+        .max_decoding_message_size(recv)
+        .max_encoding_message_size(send);
+    (runtime, image)
+}
+
+/// Runs one RPC inside a span named after it, logs its outcome and latency,
+/// and wraps the reply.
+async fn traced<T>(
+    rpc: &'static str,
+    body: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::debug_span!("rpc", rpc);
+    async move {
+        let start = Instant::now();
+        let result = body.await;
+        let micros = start.elapsed().as_micros() as u64;
+        match &result {
+            Ok(_) => tracing::debug!(micros, "ok"),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
+                tracing::debug!(micros, code = ?s.code(), message = s.message(), "failed")
+            }
+            Err(s) => {
+                tracing::warn!(rpc, micros, code = ?s.code(), message = s.message(), "failed")
+            }
+        }
+        result.map(Response::new)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The answer of an RPC berth does not implement yet.
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
+}

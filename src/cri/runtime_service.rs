@@ -1,0 +1,438 @@
+//! RuntimeService: the pod, container and node half of the CRI.
+
+use std::collections::HashMap;
+
+use berth_cri_proto::v1::runtime_service_server::RuntimeService;
+use berth_cri_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::{
+    IntoStatus, KUBE_RUNTIME_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, ReplyStream,
+    RuntimeApi, traced, unimplemented,
+};
+use crate::config;
+
+/// Condition types and reasons as the kubelet reads them.
+const RUNTIME_READY: &str = "RuntimeReady";
+const NETWORK_READY: &str = "NetworkReady";
+const NETWORK_NOT_READY_REASON: &str = "NetworkPluginNotReady";
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeApi {
+    async fn version(
+        &self,
+        _: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        traced("Version", async {
+            Ok(VersionResponse {
+                version: KUBE_RUNTIME_API_VERSION.into(),
+                runtime_name: RUNTIME_NAME.into(),
+                runtime_version: crate::VERSION.into(),
+                runtime_api_version: RUNTIME_API_VERSION.into(),
+            })
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let verbose = request.get_ref().verbose;
+        traced("Status", async {
+            let health = self.daemon.health();
+            let network = match &health.network {
+                Ok(_) => condition(NETWORK_READY, true, "", ""),
+                Err(e) => condition(
+                    NETWORK_READY,
+                    false,
+                    NETWORK_NOT_READY_REASON,
+                    &format!("Network plugin returns error: cni plugin not initialized: {e}"),
+                ),
+            };
+            let mut info = HashMap::new();
+            if verbose {
+                info = self
+                    .daemon
+                    .status_info(&health)
+                    .map_err(IntoStatus::into_status)?;
+            }
+            // The default handler is listed once under its own name and once
+            // as "", the name the kubelet uses for pods without a RuntimeClass.
+            let config = self.daemon.config();
+            let default = std::iter::once(String::new());
+            let runtime_handlers = default
+                .chain(config.runtimes.keys().cloned())
+                .map(|name| RuntimeHandler {
+                    name,
+                    features: Some(RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect();
+            Ok(StatusResponse {
+                status: Some(RuntimeStatus {
+                    conditions: vec![condition(RUNTIME_READY, true, "", ""), network],
+                }),
+                info,
+                runtime_handlers,
+                features: Some(RuntimeFeatures {
+                    supplemental_groups_policy: false,
+                    user_namespaces_host_network: false,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        traced("RuntimeConfig", async {
+            let driver = match self.daemon.config().cgroup_driver {
+                config::CgroupDriver::Systemd => CgroupDriver::Systemd,
+                config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+            };
+            Ok(RuntimeConfigResponse {
+                linux: Some(LinuxRuntimeConfiguration {
+                    cgroup_driver: driver.into(),
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        traced("UpdateRuntimeConfig", async {
+            self.daemon
+                .set_pod_cidr(&cidr)
+                .map_err(IntoStatus::into_status)?;
+            Ok(UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        traced("RunPodSandbox", async {
+            Err(unimplemented("RunPodSandbox"))
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        traced("StopPodSandbox", async {
+            Err(unimplemented("StopPodSandbox"))
+        })
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        traced("RemovePodSandbox", async {
+            Err(unimplemented("RemovePodSandbox"))
+        })
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        traced("PodSandboxStatus", async {
+            Err(unimplemented("PodSandboxStatus"))
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        traced("ListPodSandbox", async {
+            Err(unimplemented("ListPodSandbox"))
+        })
+        .await
+    }
+
+    type StreamPodSandboxesStream = ReplyStream<StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        traced("StreamPodSandboxes", async {
+            Err(unimplemented("StreamPodSandboxes"))
+        })
+        .await
+    }
+
+    async fn create_container(
+        &self,
+        _: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        traced("CreateContainer", async {
+            Err(unimplemented("CreateContainer"))
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        _: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        traced("StartContainer", async {
+            Err(unimplemented("StartContainer"))
+        })
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        _: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        traced("StopContainer", async {
+            Err(unimplemented("StopContainer"))
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        _: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        traced("RemoveContainer", async {
+            Err(unimplemented("RemoveContainer"))
+        })
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        traced("ListContainers", async {
+            Err(unimplemented("ListContainers"))
+        })
+        .await
+    }
+
+    type StreamContainersStream = ReplyStream<StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        _: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        traced("StreamContainers", async {
+            Err(unimplemented("StreamContainers"))
+        })
+        .await
+    }
+
+    async fn container_status(
+        &self,
+        _: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        traced("ContainerStatus", async {
+            Err(unimplemented("ContainerStatus"))
+        })
+        .await
+    }
+
+    async fn update_container_resources(
+        &self,
+        _: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        traced("UpdateContainerResources", async {
+            Err(unimplemented("UpdateContainerResources"))
+        })
+        .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        traced("ReopenContainerLog", async {
+            Err(unimplemented("ReopenContainerLog"))
+        })
+        .await
+    }
+
+    async fn exec_sync(
+        &self,
+        _: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        traced("ExecSync", async { Err(unimplemented("ExecSync")) }).await
+    }
+
+    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        traced("Exec", async { Err(unimplemented("Exec")) }).await
+    }
+
+    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        traced("Attach", async { Err(unimplemented("Attach")) }).await
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        traced("PortForward", async { Err(unimplemented("PortForward")) }).await
+    }
+
+    async fn container_stats(
+        &self,
+        _: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        traced("ContainerStats", async {
+            Err(unimplemented("ContainerStats"))
+        })
+        .await
+    }
+
+    async fn list_container_stats(
+        &self,
+        _: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        traced("ListContainerStats", async {
+            Err(unimplemented("ListContainerStats"))
+        })
+        .await
+    }
+
+    type StreamContainerStatsStream = ReplyStream<StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        _: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        traced("StreamContainerStats", async {
+            Err(unimplemented("StreamContainerStats"))
+        })
+        .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        traced("PodSandboxStats", async {
+            Err(unimplemented("PodSandboxStats"))
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        traced("ListPodSandboxStats", async {
+            Err(unimplemented("ListPodSandboxStats"))
+        })
+        .await
+    }
+
+    type StreamPodSandboxStatsStream = ReplyStream<StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        traced("StreamPodSandboxStats", async {
+            Err(unimplemented("StreamPodSandboxStats"))
+        })
+        .await
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        traced("CheckpointContainer", async {
+            Err(unimplemented("CheckpointContainer"))
+        })
+        .await
+    }
+
+    type GetContainerEventsStream = ReplyStream<ContainerEventResponse>;
+
+    async fn get_container_events(
+        &self,
+        _: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        traced("GetContainerEvents", async {
+            Err(unimplemented("GetContainerEvents"))
+        })
+        .await
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        traced("ListMetricDescriptors", async {
+            Err(unimplemented("ListMetricDescriptors"))
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        traced("ListPodSandboxMetrics", async {
+            Err(unimplemented("ListPodSandboxMetrics"))
+        })
+        .await
+    }
+
+    type StreamPodSandboxMetricsStream = ReplyStream<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        traced("StreamPodSandboxMetrics", async {
+            Err(unimplemented("StreamPodSandboxMetrics"))
+        })
+        .await
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        traced("UpdatePodSandboxResources", async {
+            Err(unimplemented("UpdatePodSandboxResources"))
+        })
+        .await
+    }
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}

@@ -1,0 +1,249 @@
+//! The berthd process: opens its directories and metadata store, serves the
+//! CRI on the unix socket and stops gracefully on a signal.
+//!
+//! Stopping berthd never stops a workload: pods and containers belong to
+//! their shims, not to this process.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::{self, SocketError};
+use crate::network::{NetworkConfig, NetworkConfigError};
+use crate::store::{SCHEMA_VERSION, Store, StoreError};
+
+/// Why berthd could not start, serve, or take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A root or state directory could not be created.
+    #[error("cannot create directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CRI socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// UpdateRuntimeConfig carried a pod CIDR that is not a CIDR.
+    #[error("runtime_config.network_config.pod_cidr {cidr:?}: {reason}")]
+    InvalidPodCidr {
+        /// The value received.
+        cidr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The running daemon's shared state.
+pub struct Daemon {
+    config: Config,
+    store: Store,
+    /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
+    /// sends them), empty until the kubelet sets them.
+    pod_cidrs: RwLock<Vec<String>>,
+}
+
+/// What the node looks like to Status.
+#[derive(Debug)]
+pub struct Health {
+    /// The usable network configuration, or why there is none.
+    pub network: Result<NetworkConfig, NetworkConfigError>,
+}
+
+impl Daemon {
+    /// Creates the root and state directories and opens the metadata store.
+    pub fn open(config: Config) -> Result<Arc<Daemon>, DaemonError> {
+        for dir in [&config.root, &config.state] {
+            create_private_dir(dir)?;
+        }
+        let store = Store::open(&config.store_path())?;
+        tracing::info!(
+            root = %config.root.display(),
+            state = %config.state.display(),
+            schema = SCHEMA_VERSION,
+            "metadata store open"
+        );
+        Ok(Arc::new(Daemon {
+            config,
+            store,
+            pod_cidrs: RwLock::new(Vec::new()),
+        }))
+    }
+
+    /// The configuration berthd runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Looks at what readiness depends on: for now, the network config.
+    pub fn health(&self) -> Health {
+        Health {
+            network: NetworkConfig::load(&self.config.cni.conf_dir, &self.config.cni.bin_dirs),
+        }
+    }
+
+    /// The verbose status `crictl info` shows: the effective configuration
+    /// (secrets redacted), the network configuration and its load status.
+    pub fn status_info(&self, health: &Health) -> Result<HashMap<String, String>, DaemonError> {
+        let json = |v: &serde_json::Value| v.to_string();
+        let mut info = HashMap::new();
+        info.insert(
+            "config".into(),
+            serde_json::to_string(&self.config.redacted()).unwrap_or_default(),
+        );
+        let (cni, load_status) = match &health.network {
+            Ok(n) => (
+                serde_json::json!({
+                    "path": n.path,
+                    "name": n.name,
+                    "cniVersion": n.cni_version,
+                    "plugins": n.plugins,
+                    "podCIDRs": *self.pod_cidrs.read().unwrap_or_else(|e| e.into_inner()),
+                }),
+                "OK".to_string(),
+            ),
+            Err(e) => (serde_json::Value::Null, e.to_string()),
+        };
+        info.insert("cniconfig".into(), json(&cni));
+        info.insert("lastCNILoadStatus".into(), load_status);
+        info.insert("version".into(), crate::VERSION.into());
+        info.insert(
+            "storeSchemaVersion".into(),
+            self.store.schema_version()?.to_string(),
+        );
+        Ok(info)
+    }
+
+    /// Records the pod CIDRs the kubelet sends (comma-separated; empty
+    /// clears them).
+    pub fn set_pod_cidr(&self, cidrs: &str) -> Result<(), DaemonError> {
+        let parsed = if cidrs.is_empty() {
+            Vec::new()
+        } else {
+            cidrs
+                .split(',')
+                .map(|c| check_cidr(c.trim()).map(|()| c.trim().to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|reason| DaemonError::InvalidPodCidr {
+                    cidr: cidrs.into(),
+                    reason,
+                })?
+        };
+        tracing::info!(pod_cidrs = ?parsed, "pod CIDR updated");
+        *self.pod_cidrs.write().unwrap_or_else(|e| e.into_inner()) = parsed;
+        Ok(())
+    }
+
+    /// Serves the CRI on the configured socket until `shutdown` completes,
+    /// then lets in-flight requests finish and removes the socket.
+    pub async fn serve(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DaemonError> {
+        let path = self.config.grpc.address.clone();
+        let listener = cri::bind_socket(&path, self.config.grpc.gid)?;
+        let (runtime, image) = cri::services(self.clone());
+        tracing::info!(socket = %path.display(), version = crate::VERSION, "berthd serving CRI");
+        notify_systemd("READY=1");
+        let result = tonic::transport::Server::builder()
+            .add_service(runtime)
+            .add_service(image)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await;
+        notify_systemd("STOPPING=1");
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
+        }
+        tracing::info!("berthd stopped; pods and containers keep running");
+        Ok(result?)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)
+        .map_err(|source| DaemonError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Checks `a.b.c.d/n` or `x::/n`.
+fn check_cidr(cidr: &str) -> Result<(), String> {
+    let (addr, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} has no /prefix"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not an IP address: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    match prefix.parse::<u8>() {
+        Ok(p) if p <= max => Ok(()),
+        _ => Err(format!("{prefix:?} is not a prefix length 0..={max}")),
+    }
+}
+
+/// Tells systemd (Type=notify) about a state change; a no-op when not run
+/// by systemd.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = socket.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &socket)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_checked() {
+        for ok in ["10.88.0.0/16", "fd00::/64", "0.0.0.0/0"] {
+            check_cidr(ok).expect(ok);
+        }
+        for bad in [
+            "10.88.0.0",
+            "10.88.0.0/33",
+            "x/8",
+            "fd00::/129",
+            "10.0.0.0/-1",
+        ] {
+            assert!(check_cidr(bad).is_err(), "{bad}");
+        }
+    }
+}
