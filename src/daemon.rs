@@ -15,8 +15,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, SocketError};
+use crate::input::quoted;
 use crate::network::{NetworkConfig, NetworkConfigError};
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
+
+/// How long in-flight requests may run after berthd is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why berthd could not start, serve, or take a request.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +43,7 @@ pub enum DaemonError {
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     /// UpdateRuntimeConfig carried a pod CIDR that is not a CIDR.
-    #[error("runtime_config.network_config.pod_cidr {cidr:?}: {reason}")]
+    #[error("runtime_config.network_config.pod_cidr {}: {reason}", quoted(cidr))]
     InvalidPodCidr {
         /// The value received.
         cidr: String,
@@ -164,11 +168,29 @@ impl Daemon {
         let (runtime, image) = cri::services(self.clone());
         tracing::info!(socket = %path.display(), version = crate::VERSION, "berthd serving CRI");
         notify_systemd("READY=1");
-        let result = tonic::transport::Server::builder()
+        // Once asked to stop, in-flight requests get SHUTDOWN_GRACE to finish;
+        // a client that never lets its connection close (h2's graceful close
+        // needs the peer's PING reply) must not keep berthd alive.
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signalled = stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            signalled.notify_one();
+        };
+        let server = tonic::transport::Server::builder()
             .add_service(runtime)
             .add_service(image)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
         notify_systemd("STOPPING=1");
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
@@ -193,14 +215,17 @@ fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
 fn check_cidr(cidr: &str) -> Result<(), String> {
     let (addr, prefix) = cidr
         .split_once('/')
-        .ok_or_else(|| format!("{cidr:?} has no /prefix"))?;
+        .ok_or_else(|| format!("{} has no /prefix", quoted(cidr)))?;
     let addr: IpAddr = addr
         .parse()
-        .map_err(|e| format!("{addr:?} is not an IP address: {e}"))?;
+        .map_err(|e| format!("{} is not an IP address: {e}", quoted(addr)))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     match prefix.parse::<u8>() {
         Ok(p) if p <= max => Ok(()),
-        _ => Err(format!("{prefix:?} is not a prefix length 0..={max}")),
+        _ => Err(format!(
+            "{} is not a prefix length 0..={max}",
+            quoted(prefix)
+        )),
     }
 }
 

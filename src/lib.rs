@@ -10,6 +10,7 @@
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod input;
 pub mod network;
 pub mod store;
 

@@ -205,10 +205,11 @@ mod tests {
     fn missing_dir_and_empty_dir_are_no_config() {
         let d = dirs(&[]);
         let missing = d.conf.join("nope");
-        let e = NetworkConfig::load(&missing, &[d.bin.clone()]).expect_err("missing dir");
+        let e =
+            NetworkConfig::load(&missing, std::slice::from_ref(&d.bin)).expect_err("missing dir");
         assert!(matches!(e, NetworkConfigError::NoConfig { .. }), "{e}");
         std::fs::write(d.conf.join("README"), "not a config").expect("write");
-        let e = NetworkConfig::load(&d.conf, &[d.bin.clone()]).expect_err("empty dir");
+        let e = NetworkConfig::load(&d.conf, std::slice::from_ref(&d.bin)).expect_err("empty dir");
         assert!(
             e.to_string().starts_with("no network config found in"),
             "{e}"
@@ -225,7 +226,7 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#,
         )
         .expect("write");
-        let c = NetworkConfig::load(&d.conf, &[d.bin.clone()]).expect("valid config");
+        let c = NetworkConfig::load(&d.conf, std::slice::from_ref(&d.bin)).expect("valid config");
         assert_eq!(c.name, "berth");
         assert_eq!(c.plugins, ["bridge", "portmap"]);
         assert!(c.path.ends_with("10-berth.conflist"));
@@ -239,7 +240,7 @@ mod tests {
             r#"{"cniVersion":"0.4.0","name":"lo","type":"loopback"}"#,
         )
         .expect("write");
-        let c = NetworkConfig::load(&d.conf, &[d.bin.clone()]).expect("valid config");
+        let c = NetworkConfig::load(&d.conf, std::slice::from_ref(&d.bin)).expect("valid config");
         assert_eq!(c.cni_version, "0.4.0");
         assert_eq!(c.list["plugins"][0]["type"], "loopback");
     }
@@ -248,7 +249,8 @@ mod tests {
     fn missing_plugin_binary_is_named() {
         let d = dirs(&["bridge"]);
         std::fs::write(d.conf.join("10-berth.conflist"), LIST).expect("write");
-        let e = NetworkConfig::load(&d.conf, &[d.bin.clone()]).expect_err("portmap missing");
+        let e = NetworkConfig::load(&d.conf, std::slice::from_ref(&d.bin))
+            .expect_err("portmap missing");
         let msg = e.to_string();
         assert!(
             msg.contains("\"portmap\"") && msg.contains(&d.bin.display().to_string()),
@@ -276,7 +278,7 @@ mod tests {
         for (text, needle) in cases {
             let path = d.conf.join("a.conflist");
             std::fs::write(&path, text).expect("write");
-            let e = NetworkConfig::from_file(&path, &[d.bin.clone()]).expect_err(text);
+            let e = NetworkConfig::from_file(&path, std::slice::from_ref(&d.bin)).expect_err(text);
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
     }

@@ -107,19 +107,21 @@ pub enum StoreError {
     },
     /// The database engine failed (I/O error, corruption).
     #[error("metadata store: {0}")]
-    Database(#[from] redb::Error),
+    Database(Box<redb::Error>),
 }
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Database(e.into())
+                StoreError::Database(Box::new(e.into()))
             }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
+    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
@@ -152,7 +154,7 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
                 path: path.to_path_buf(),
             },
-            other => StoreError::Database(other.into()),
+            other => other.into(),
         })?;
         let tx = db.begin_write()?;
         {

@@ -1,0 +1,224 @@
+//! A real berthd: the binary cargo built, started on a private root, state
+//! directory, socket and CNI directory, reached through tonic CRI clients.
+//!
+//! The daemon's log goes to a file in its directory ([`Berthd::log`]), so a
+//! failing test can show what berthd said. Dropping the fixture kills the
+//! process it started (by pid) and removes its directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_cri_proto::v1::image_service_client::ImageServiceClient;
+use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long berthd may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A berthd process and its private directories.
+pub struct Berthd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// Extra TOML appended to the generated configuration.
+    extra_config: String,
+}
+
+impl Berthd {
+    /// Starts berthd with the fixture's configuration.
+    pub async fn start() -> Berthd {
+        Berthd::start_with("").await
+    }
+
+    /// Starts berthd with `extra_config` (TOML) appended to the fixture's
+    /// configuration; top-level keys must come first in it.
+    pub async fn start_with(extra_config: &str) -> Berthd {
+        let dir = tempfile::Builder::new()
+            .prefix("berthd-test-")
+            .tempdir()
+            .expect("temp dir for berthd");
+        std::fs::create_dir_all(dir.path().join("net.d")).expect("cni conf dir");
+        let mut berthd = Berthd {
+            child: None,
+            dir,
+            extra_config: extra_config.to_string(),
+        };
+        std::fs::write(berthd.config_path(), berthd.config_text()).expect("write config");
+        berthd.launch().await;
+        berthd
+    }
+
+    /// The fixture's private directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir().join("run/berth.sock")
+    }
+
+    /// The configuration file berthd runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("config.toml")
+    }
+
+    /// The CNI configuration directory (empty at start).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir().join("net.d")
+    }
+
+    /// The CNI plugin directory (empty at start).
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir().join("cni-bin")
+    }
+
+    /// The pid of the running berthd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("berthd is running").id()
+    }
+
+    /// Everything berthd has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("berthd.log")).unwrap_or_default()
+    }
+
+    fn config_text(&self) -> String {
+        let d = self.dir().display();
+        let level = std::env::var("BERTH_TEST_LOG")
+            .unwrap_or_else(|_| "debug,h2=info,hyper=info,tower=info".into());
+        format!(
+            "root = \"{d}/root\"\nstate = \"{d}/run\"\nlog_level = \"{level}\"\n{extra}\n\
+             [grpc]\naddress = \"{d}/run/berth.sock\"\n\n\
+             [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"{d}/cni-bin\"]\n",
+            extra = self.extra_config,
+        )
+    }
+
+    /// A `berthd` command with this fixture's configuration; stderr goes
+    /// to the log file.
+    pub fn command(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("berthd.log"))
+            .expect("open berthd log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        super::sys::die_with_test(&mut cmd);
+        cmd
+    }
+
+    async fn launch(&mut self) {
+        assert!(self.child.is_none(), "berthd is already running");
+        let child = self.command().spawn().expect("spawn berthd");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("berthd exited during start ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not serve {} within {START_TIMEOUT:?}:\n{}",
+                self.socket().display(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` to berthd and waits for it to exit, without blocking
+    /// the test's runtime (its client connections must stay served).
+    pub async fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("berthd is running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        kill(pid, signal).expect("signal berthd");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for berthd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "berthd did not exit within {START_TIMEOUT:?} of {signal}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `kill -9` berthd.
+    pub async fn kill9(&mut self) {
+        self.stop_with(Signal::SIGKILL).await;
+    }
+
+    /// Starts berthd again after [`Berthd::kill9`] or [`Berthd::stop_with`].
+    pub async fn restart(&mut self) {
+        self.launch().await;
+    }
+
+    /// A channel to berthd's socket.
+    pub async fn channel(&self) -> Channel {
+        let socket = self.socket();
+        Endpoint::from_static("http://berthd.invalid")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to berthd socket")
+    }
+
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    /// An ImageService client.
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let start = (log.len().saturating_sub(20_000)..log.len())
+                .find(|i| log.is_char_boundary(*i))
+                .unwrap_or(0);
+            let tail = &log[start..];
+            eprintln!(
+                "--- berthd log ({}), last 20 kB ---\n{tail}",
+                self.dir().display()
+            );
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Test ground shared by the integration tests: a real berthd on a private
+//! root, a real registry on loopback, OCI images built from Debian's static
+//! busybox, and the rule for tests that need root.
+//!
+//! Each integration test file includes this module with `mod support;`, so
+//! not every test uses every item.
+#![allow(dead_code)]
+
+pub mod berthd;
+pub mod image;
+pub mod registry;
+pub mod sys;
+
+/// Environment variable that asks for the tests that need root (CI sets it).
+pub const ROOT_TESTS_ENV: &str = "BERTH_ROOT_TESTS";
+
+/// Decides whether a test that needs root runs.
+///
+/// Follows containerd's rule: when root tests were not asked for the test is
+/// skipped with a loud message (returns `false`); when they were asked for
+/// but the process is not root, the test fails instead of passing silently.
+pub fn root_tests(test: &str) -> bool {
+    let asked = std::env::var(ROOT_TESTS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    if !asked {
+        eprintln!(
+            "\n!!! SKIPPED {test}: needs root; set {ROOT_TESTS_ENV}=1 (as root) to run it !!!\n"
+        );
+        return false;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test}: {ROOT_TESTS_ENV} is set but the tests are not running as root"
+    );
+    true
+}
+
+/// Fails the test with a clear message when a host binary the test needs is
+/// missing (root tests are only run when their tools are installed).
+pub fn require_binary(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("required binary `{name}` not found in PATH; run the README's test command, which installs it"))
+}
