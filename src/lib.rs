@@ -8,10 +8,13 @@
 //! berthd can stop or crash while every workload keeps running.
 
 pub mod config;
+pub mod content;
 pub mod cri;
 pub mod daemon;
 pub mod input;
 pub mod network;
+pub mod registry;
+pub mod snapshot;
 pub mod store;
 
 /// berthd's version, reported as the CRI `runtime_version`.

@@ -34,6 +34,8 @@ pub enum Table {
     Images,
     /// Name reservations: sandbox and container names → the id holding them.
     Names,
+    /// Layer snapshots by chain id.
+    Snapshots,
 }
 
 impl Table {
@@ -50,6 +52,7 @@ impl Table {
             Table::Containers => "containers",
             Table::Images => "images",
             Table::Names => "names",
+            Table::Snapshots => "snapshots",
         }
     }
 
