@@ -18,6 +18,24 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
 /// the kubelet's CRI client.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
+const MIRRORS_EXAMPLE: &str = "\
+[registry.mirrors]
+# Pull registry.k8s.io images from a local mirror first:
+# [registry.mirrors.\"registry.k8s.io\"]
+# endpoints = [\"http://localhost:5000\"]
+";
+
+const HOSTS_EXAMPLE: &str = "\
+[registry.hosts]
+# Per-registry settings:
+# [registry.hosts.\"registry.example.com\"]
+# plain_http = false
+# skip_verify = false
+# ca_file = \"/etc/berth/certs/registry.example.com.pem\"
+# username = \"robot\"
+# password = \"secret\"
+";
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -316,6 +334,10 @@ impl Config {
     pub fn default_toml() -> String {
         let body = toml::to_string_pretty(&Config::default())
             .expect("the default configuration is always serialisable");
+        // The empty registry tables get commented examples.
+        let body = body
+            .replacen("[registry.mirrors]\n", MIRRORS_EXAMPLE, 1)
+            .replacen("[registry.hosts]\n", HOSTS_EXAMPLE, 1);
         format!(
             "# berthd configuration (berthd config default).\n\
              # Every key is optional: a key left out keeps the value shown here.\n\
