@@ -15,6 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, SocketError};
+use crate::image::{ImageError, Images};
 use crate::input::quoted;
 use crate::network::{NetworkConfig, NetworkConfigError};
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
@@ -36,6 +37,9 @@ pub enum DaemonError {
     /// The metadata store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The image stores could not be opened.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The CRI socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -56,6 +60,7 @@ pub enum DaemonError {
 pub struct Daemon {
     config: Config,
     store: Store,
+    images: Images,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
     /// sends them), empty until the kubelet sets them.
     pod_cidrs: RwLock<Vec<String>>,
@@ -75,6 +80,7 @@ impl Daemon {
             create_private_dir(dir)?;
         }
         let store = Store::open(&config.store_path())?;
+        let images = Images::open(&config, store.clone())?;
         tracing::info!(
             root = %config.root.display(),
             state = %config.state.display(),
@@ -84,6 +90,7 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             config,
             store,
+            images,
             pod_cidrs: RwLock::new(Vec::new()),
         }))
     }
@@ -96,6 +103,11 @@ impl Daemon {
     /// The metadata store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The image service.
+    pub fn images(&self) -> &Images {
+        &self.images
     }
 
     /// Looks at what readiness depends on: for now, the network config.

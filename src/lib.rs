@@ -11,6 +11,7 @@ pub mod config;
 pub mod content;
 pub mod cri;
 pub mod daemon;
+pub mod image;
 pub mod input;
 pub mod network;
 pub mod registry;

@@ -942,7 +942,7 @@ async fn a_lying_digest_header_is_refused() {
                     .header("Content-Type", OCI_MANIFEST)
                     .header(
                         "Docker-Content-Digest",
-                        &Digest::sha256(b"something else").to_string(),
+                        Digest::sha256(b"something else").as_ref(),
                     )
             })
     })

@@ -184,11 +184,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let err = berthd
         .images()
         .await
-        .pull_image(PullImageRequest::default())
+        .stream_images(StreamImagesRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("PullImage"), "{}", err.message());
+    assert!(err.message().contains("StreamImages"), "{}", err.message());
 }
 
 #[tokio::test]

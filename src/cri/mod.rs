@@ -43,7 +43,6 @@ pub struct RuntimeApi {
 /// The ImageService implementation.
 #[derive(Clone)]
 pub struct ImageApi {
-    #[expect(dead_code, reason = "the image RPCs are not built yet")]
     daemon: Arc<Daemon>,
 }
 

@@ -4,7 +4,11 @@
 
 use tonic::Status;
 
+use crate::content::ContentError;
 use crate::daemon::DaemonError;
+use crate::image::ImageError;
+use crate::registry::RegistryError;
+use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
 
 /// Turns a domain error into the gRPC status the CRI client sees.
@@ -27,12 +31,80 @@ impl IntoStatus for StoreError {
     }
 }
 
+impl IntoStatus for ImageError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            ImageError::InvalidReference(_) => Status::invalid_argument(message),
+            ImageError::Registry(e) => e.into_status(),
+            ImageError::InvalidImage { .. } => Status::failed_precondition(message),
+            ImageError::NotFound(_) => Status::not_found(message),
+            ImageError::InUse { .. } => Status::failed_precondition(message),
+            ImageError::Snapshot(e) => e.into_status(),
+            ImageError::Content(e) => e.into_status(),
+            ImageError::Store(e) => e.into_status(),
+        }
+    }
+}
+
+impl IntoStatus for RegistryError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            RegistryError::InvalidReference(_) | RegistryError::InvalidCredentials { .. } => {
+                Status::invalid_argument(message)
+            }
+            RegistryError::NotFound { .. } => Status::not_found(message),
+            RegistryError::Unauthorized { .. } => Status::unauthenticated(message),
+            RegistryError::DigestMismatch { .. }
+            | RegistryError::SizeMismatch { .. }
+            | RegistryError::InvalidManifest { .. } => Status::data_loss(message),
+            RegistryError::Timeout { .. } => Status::deadline_exceeded(message),
+            RegistryError::Unsupported { .. } => Status::failed_precondition(message),
+            RegistryError::Transport { .. } => Status::unavailable(message),
+            RegistryError::Config { .. } | RegistryError::Write { .. } => Status::internal(message),
+        }
+    }
+}
+
+impl IntoStatus for SnapshotError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            SnapshotError::UnsupportedMediaType(_) => Status::failed_precondition(message),
+            SnapshotError::DiffIdMismatch { .. }
+            | SnapshotError::UnsafeEntry { .. }
+            | SnapshotError::BadEntry { .. } => Status::data_loss(message),
+            SnapshotError::NotFound(_) => Status::not_found(message),
+            SnapshotError::Cancelled { .. } => Status::cancelled(message),
+            SnapshotError::HasChildren { .. } => Status::failed_precondition(message),
+            _ => Status::internal(message),
+        }
+    }
+}
+
+impl IntoStatus for ContentError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            ContentError::InvalidDigest { .. } => Status::invalid_argument(message),
+            ContentError::NotFound(_) => Status::not_found(message),
+            ContentError::SizeMismatch { .. }
+            | ContentError::TooLong { .. }
+            | ContentError::DigestMismatch { .. }
+            | ContentError::Corrupt { .. } => Status::data_loss(message),
+            _ => Status::internal(message),
+        }
+    }
+}
+
 impl IntoStatus for DaemonError {
     fn into_status(self) -> Status {
         let message = self.to_string();
         match self {
             DaemonError::InvalidPodCidr { .. } => Status::invalid_argument(message),
             DaemonError::Store(e) => e.into_status(),
+            DaemonError::Image(e) => e.into_status(),
             DaemonError::Socket(_) | DaemonError::Dir { .. } | DaemonError::Serve(_) => {
                 Status::internal(message)
             }

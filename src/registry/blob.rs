@@ -5,10 +5,12 @@ use oci_client::errors::DigestError;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
-use super::digest::Hasher;
+use sha2::Digest as _;
+
 use super::error::{Target, chain};
 use super::manifest::{DOCKER_CONFIG, Descriptor, LAYER_MEDIA_TYPES, OCI_CONFIG};
 use super::{Registries, RegistryError, ResolvedImage};
+use crate::content::Digest;
 
 impl Registries {
     /// Streams `blob` of `image` from the endpoint that served its manifest
@@ -57,7 +59,7 @@ impl Registries {
         {
             return Err(target.size_mismatch(blob.size, announced));
         }
-        let mut hasher = Hasher::new(blob.digest.algorithm());
+        let mut hasher = sha2::Sha256::new();
         let mut received: u64 = 0;
         loop {
             let next = tokio::time::timeout(timeout, stream.next())
@@ -92,7 +94,7 @@ impl Registries {
         if received != blob.size {
             return Err(target.size_mismatch(blob.size, received));
         }
-        let actual = hasher.finish();
+        let actual = Digest::from_sha256(hasher.finalize().into());
         if actual != blob.digest {
             return Err(target.digest_mismatch(&blob.digest, actual));
         }

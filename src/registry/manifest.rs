@@ -5,8 +5,8 @@
 
 use serde::Deserialize;
 
-use super::digest::Digest;
 use super::platform::Platform;
+use crate::content::Digest;
 
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

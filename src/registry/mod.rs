@@ -21,7 +21,6 @@
 
 mod auth;
 mod blob;
-mod digest;
 mod error;
 mod manifest;
 mod platform;
@@ -36,7 +35,6 @@ use std::time::Duration;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 
 pub use self::auth::Credentials;
-pub use self::digest::{Digest, DigestAlgorithm, DigestError};
 pub use self::error::RegistryError;
 pub use self::manifest::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, LAYER_MEDIA_TYPES,
@@ -48,6 +46,7 @@ pub use self::reference::{
 };
 pub use self::resolve::ResolvedImage;
 use crate::config::RegistryConfig;
+pub use crate::content::Digest;
 
 /// `User-Agent` of every registry request.
 const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::digest::Digest;
+use crate::content::Digest;
 use crate::input::quoted;
 
 /// The registry of references that name none: Docker Hub.
@@ -447,7 +447,7 @@ mod tests {
             ("busybox@".into(), "invalid digest"),
             (
                 "busybox@sha256:abc".into(),
-                "sha256 needs 64 hex digits, found 3",
+                "has 3 hex digits; a sha256 digest has 64",
             ),
             (
                 format!("busybox@md5:{HEX}"),
@@ -455,7 +455,7 @@ mod tests {
             ),
             (
                 format!("busybox@sha256:{}", HEX.to_uppercase()),
-                "must be lowercase",
+                "is not a lowercase hex digit",
             ),
             ("example.com/".into(), "the repository name is empty"),
             ("example.com//x".into(), "empty path component"),

@@ -8,7 +8,6 @@ use oci_client::secrets::RegistryAuth;
 use tokio::sync::Semaphore;
 
 use super::auth::Secret;
-use super::digest::Digest;
 use super::error::Target;
 use super::manifest::{
     ACCEPTED_MANIFESTS, Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, RawManifest,
@@ -17,6 +16,7 @@ use super::manifest::{
 use super::platform::Platform;
 use super::reference::Reference;
 use super::{Credentials, Endpoint, Registries, RegistryError};
+use crate::content::Digest;
 
 /// An image resolved to one platform's manifest, verified, with the
 /// session (client and credentials) of the endpoint that served it, from
@@ -218,7 +218,7 @@ impl Registries {
         }
         let digest = match expected {
             Some(expected) => {
-                let actual = Digest::of(expected.algorithm(), &bytes);
+                let actual = Digest::sha256(&bytes);
                 if actual != *expected {
                     return Err(target.digest_mismatch(expected, actual));
                 }
