@@ -156,6 +156,7 @@ fn assert_unsafe(result: Result<Snapshot, SnapshotError>, path_part: &str) -> St
     match result {
         Err(e @ SnapshotError::UnsafeEntry { .. }) => {
             let msg = e.to_string();
+            eprintln!("refused as it should be: {msg}");
             assert!(msg.contains(path_part), "{msg} should name {path_part}");
             msg
         }
@@ -635,6 +636,11 @@ async fn gzip_zstd_and_plain_layers_unpack() {
         .collect();
     ids.sort();
     assert_eq!(ids, [1, 2, 3, 4], "small directory numbers");
+
+    // An empty layer (just the end-of-archive blocks) is an empty directory.
+    let empty = f.unpack(None, &Layer::new()).await.expect("empty layer");
+    assert!(dir_names(&f.fs(&empty)).is_empty());
+    assert_eq!((empty.id, empty.inodes), (5, 1));
     f.assert_no_leftovers();
 }
 
@@ -1087,7 +1093,7 @@ async fn layers_unpack_while_they_stream_and_cancel_cleanly() {
         .file("z", vec![2u8; 100_000], 0o644)
         .compression(LayerCompression::None)
         .build();
-    let (mut tx, rx) = tokio::io::duplex(1024);
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
     tx.write_all(&stalled.blob[..10_000]).await.expect("part");
     let diff_id = Digest::parse(&stalled.diff_id).expect("diff id");
     let timed_out = tokio::time::timeout(

@@ -78,7 +78,11 @@ impl IntoStatus for SnapshotError {
             SnapshotError::NotFound(_) => Status::not_found(message),
             SnapshotError::Cancelled { .. } => Status::cancelled(message),
             SnapshotError::HasChildren { .. } => Status::failed_precondition(message),
-            _ => Status::internal(message),
+            SnapshotError::Store(e) => e.into_status(),
+            SnapshotError::Apply { .. }
+            | SnapshotError::Read { .. }
+            | SnapshotError::Io { .. }
+            | SnapshotError::Task(_) => Status::internal(message),
         }
     }
 }
@@ -93,7 +97,7 @@ impl IntoStatus for ContentError {
             | ContentError::TooLong { .. }
             | ContentError::DigestMismatch { .. }
             | ContentError::Corrupt { .. } => Status::data_loss(message),
-            _ => Status::internal(message),
+            ContentError::TooLarge { .. } | ContentError::Io { .. } => Status::internal(message),
         }
     }
 }

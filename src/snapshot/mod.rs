@@ -224,9 +224,6 @@ impl SnapshotStore {
                 .create(&dir)
                 .map_err(io_error("create directory", &dir))?;
         }
-        // A store made before the table existed lacks it; a write
-        // transaction that opens it creates it.
-        store.transaction(|tx| tx.get::<serde_json::Value>(Table::Snapshots, "").map(drop))?;
         let snapshots = SnapshotStore {
             inner: Arc::new(Inner {
                 dir,

@@ -26,8 +26,10 @@ fn beneath() -> ResolveFlags {
         | ResolveFlags::NO_XDEV
 }
 
+/// Flags to open a directory. `O_NOFOLLOW` is left to `RESOLVE_NO_SYMLINKS`,
+/// which also covers the last component and reports `ELOOP` for it.
 fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
 }
 
 /// Joins path components with `/`.
@@ -61,7 +63,7 @@ pub(super) struct Rooted {
 impl Rooted {
     /// Opens `path` (a directory berthd created) as the root.
     pub(super) fn open(path: &Path) -> io::Result<Rooted> {
-        let root = rustix::fs::open(path, dir_flags(), Mode::empty())?;
+        let root = rustix::fs::open(path, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
         Ok(Rooted {
             root,
             last_parent: None,

@@ -264,15 +264,20 @@ impl Layer<'_> {
                 b'5' => Kind::Dir,
                 b'2' => Kind::Symlink(self.link_target(entry, &shown)?),
                 b'1' => Kind::Hardlink(self.link_target(entry, &shown)?),
-                b'3' | b'4' | b'6' => {
-                    let file_type = match header_type.as_byte() {
-                        b'3' => FileType::CharacterDevice,
-                        b'4' => FileType::BlockDevice,
-                        _ => FileType::Fifo,
+                b'6' => Kind::Node(FileType::Fifo, 0, 0),
+                b'3' | b'4' => {
+                    let file_type = if header_type.as_byte() == b'3' {
+                        FileType::CharacterDevice
+                    } else {
+                        FileType::BlockDevice
                     };
                     let header = entry.header();
-                    let major = header.device_major().ok().flatten().unwrap_or(0);
-                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                    let unreadable = |e: io::Error| {
+                        self.bad(&shown, &format!("has an unreadable device number: {e}"))
+                    };
+                    // Old headers have no device fields: 0.
+                    let major = header.device_major().map_err(unreadable)?.unwrap_or(0);
+                    let minor = header.device_minor().map_err(unreadable)?.unwrap_or(0);
                     Kind::Node(file_type, major, minor)
                 }
                 other => {
@@ -395,6 +400,7 @@ impl Layer<'_> {
         shown: &str,
     ) -> Result<Cleared, SnapshotError> {
         let diff_id = self.diff_id;
+        self.parent(parent, shown)?;
         self.root
             .clear(parent, name, keep_dir)
             .map_err(|e| resolve_error(diff_id, shown, "replace existing entry", e))

@@ -39,11 +39,12 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 4] = [
+    const ALL: [Table; 5] = [
         Table::Sandboxes,
         Table::Containers,
         Table::Images,
         Table::Names,
+        Table::Snapshots,
     ];
 
     fn name(self) -> &'static str {

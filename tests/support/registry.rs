@@ -43,7 +43,8 @@ pub struct Credentials {
 /// `spawn_blocking`, whose threads end when idle.
 #[derive(Debug)]
 pub struct Registry {
-    child: Child,
+    /// `None` for a registry this fixture did not start ([`Registry::existing`]).
+    child: Option<Child>,
     addr: SocketAddr,
     credentials: Option<Credentials>,
     // Dropped after `child` is killed (see `Drop`), taking storage and logs.
@@ -81,7 +82,7 @@ impl Registry {
             match wait_ready(child, addr, &dir.path().join("registry.log")) {
                 Ok(child) => {
                     return Ok(Registry {
-                        child,
+                        child: Some(child),
                         addr,
                         credentials,
                         dir,
@@ -92,6 +93,20 @@ impl Registry {
             }
         }
         Err(last_error.unwrap_or_else(|| io::Error::other("registry did not start")))
+    }
+
+    /// A registry that is already running at `addr` (plain HTTP, no auth),
+    /// e.g. for benchmarks that compare runtimes configured for it. It is
+    /// left running when the handle is dropped.
+    pub fn existing(addr: SocketAddr) -> io::Result<Registry> {
+        Ok(Registry {
+            child: None,
+            addr,
+            credentials: None,
+            dir: tempfile::Builder::new()
+                .prefix("berth-registry-")
+                .tempdir()?,
+        })
     }
 
     /// `host:port` of the registry, the registry part of image references
@@ -143,8 +158,10 @@ impl Drop for Registry {
     fn drop(&mut self) {
         // `Child::kill` signals exactly our pid; `wait` reaps it so the port
         // and the storage are released before the directory goes.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
