@@ -18,6 +18,7 @@ use crate::cri::{self, SocketError};
 use crate::image::{ImageError, Images};
 use crate::input::quoted;
 use crate::network::{NetworkConfig, NetworkConfigError};
+use crate::sandbox::{SandboxError, Sandboxes};
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 /// How long in-flight requests may run after berthd is asked to stop.
@@ -40,6 +41,9 @@ pub enum DaemonError {
     /// The image stores could not be opened.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The sandbox records could not be loaded.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The CRI socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -61,6 +65,7 @@ pub struct Daemon {
     config: Config,
     store: Store,
     images: Images,
+    sandboxes: Sandboxes,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
     /// sends them), empty until the kubelet sets them.
     pod_cidrs: RwLock<Vec<String>>,
@@ -81,6 +86,7 @@ impl Daemon {
         }
         let store = Store::open(&config.store_path())?;
         let images = Images::open(&config, store.clone())?;
+        let sandboxes = Sandboxes::load(Arc::new(config.clone()), store.clone())?;
         tracing::info!(
             root = %config.root.display(),
             state = %config.state.display(),
@@ -91,6 +97,7 @@ impl Daemon {
             config,
             store,
             images,
+            sandboxes,
             pod_cidrs: RwLock::new(Vec::new()),
         }))
     }
@@ -108,6 +115,11 @@ impl Daemon {
     /// The image service.
     pub fn images(&self) -> &Images {
         &self.images
+    }
+
+    /// The pod sandbox service.
+    pub fn sandboxes(&self) -> &Sandboxes {
+        &self.sandboxes
     }
 
     /// Looks at what readiness depends on: for now, the network config.

@@ -2,20 +2,36 @@
 //! unix socket.
 //!
 //! This file is the map of the daemon (DESIGN.md section 7). Requests enter
-//! through [`cri`], a thin façade over the lifecycle modules; those use the
-//! stores and services below them. Pods and containers are run by
-//! `berth-shim` processes (the `shim/` crate), never by berthd itself, so
-//! berthd can stop or crash while every workload keeps running.
+//! through [`cri`], a thin façade over the lifecycle modules ([`image`],
+//! [`sandbox`]); those use the stores and services below them ([`store`],
+//! [`content`], [`snapshot`], [`registry`], [`network`], [`cgroup`]). Pods
+//! and containers are run by processes berthd starts detached (the pause
+//! process, `berth-shim`), never by berthd itself, so berthd can stop or
+//! crash while every workload keeps running.
 
+/// cgroups of pods: create, join, remove; v1 and v2.
+pub mod cgroup;
+/// Configuration: defaults, the TOML file, validation.
 pub mod config;
+/// Blobs by digest (manifests, configs), written only once verified.
 pub mod content;
+/// The CRI gRPC façade, the socket, and the error → status mapping.
 pub mod cri;
+/// The berthd process: opening the stores, serving, stopping.
 pub mod daemon;
+/// Images: pull, list, status, remove, garbage collection.
 pub mod image;
+/// Helpers for checking and quoting what callers send.
 pub mod input;
+/// Pod networking through CNI plugins.
 pub mod network;
+/// Registry access: references, mirrors, auth, verified downloads.
 pub mod registry;
+/// Pod sandboxes: pause process, namespaces, network, files.
+pub mod sandbox;
+/// Unpacked layers keyed by chain id, shared between images.
 pub mod snapshot;
+/// The metadata store (redb): records that survive restarts.
 pub mod store;
 
 /// berthd's version, reported as the CRI `runtime_version`.

@@ -6,6 +6,7 @@
 
 mod image_service;
 mod runtime_service;
+mod sandbox;
 mod socket;
 mod status;
 

@@ -6,11 +6,13 @@ use berth_cri_proto::v1::runtime_service_server::RuntimeService;
 use berth_cri_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::sandbox;
 use super::{
     IntoStatus, KUBE_RUNTIME_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, ReplyStream,
     RuntimeApi, traced, unimplemented,
 };
 use crate::config;
+use crate::sandbox::SandboxSpec;
 
 /// Condition types and reasons as the kubelet reads them.
 const RUNTIME_READY: &str = "RuntimeReady";
@@ -125,50 +127,89 @@ impl RuntimeService for RuntimeApi {
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<RunPodSandboxRequest>,
+        request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
         traced("RunPodSandbox", async {
-            Err(unimplemented("RunPodSandbox"))
+            let spec = SandboxSpec::from_cri(request.config).map_err(IntoStatus::into_status)?;
+            let id = self
+                .daemon
+                .sandboxes()
+                .run(spec, &request.runtime_handler)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(RunPodSandboxResponse { pod_sandbox_id: id })
         })
         .await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _: Request<StopPodSandboxRequest>,
+        request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
         traced("StopPodSandbox", async {
-            Err(unimplemented("StopPodSandbox"))
+            self.daemon
+                .sandboxes()
+                .stop(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(StopPodSandboxResponse {})
         })
         .await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _: Request<RemovePodSandboxRequest>,
+        request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
         traced("RemovePodSandbox", async {
-            Err(unimplemented("RemovePodSandbox"))
+            self.daemon
+                .sandboxes()
+                .remove(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(RemovePodSandboxResponse {})
         })
         .await
     }
 
     async fn pod_sandbox_status(
         &self,
-        _: Request<PodSandboxStatusRequest>,
+        request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
         traced("PodSandboxStatus", async {
-            Err(unimplemented("PodSandboxStatus"))
+            let record = self
+                .daemon
+                .sandboxes()
+                .status(&request.pod_sandbox_id)
+                .map_err(IntoStatus::into_status)?;
+            let mut info = HashMap::new();
+            if request.verbose {
+                info.insert("info".to_string(), sandbox::verbose_info(&record));
+            }
+            Ok(PodSandboxStatusResponse {
+                status: Some(sandbox::status(&record)),
+                info,
+                containers_statuses: Vec::new(),
+                timestamp: crate::image::now_nanos(),
+            })
         })
         .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _: Request<ListPodSandboxRequest>,
+        request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = sandbox::filter(request.into_inner().filter);
         traced("ListPodSandbox", async {
-            Err(unimplemented("ListPodSandbox"))
+            let items = self.daemon.sandboxes().list(&filter);
+            Ok(ListPodSandboxResponse {
+                items: items.iter().map(sandbox::summary).collect(),
+            })
         })
         .await
     }

@@ -8,6 +8,7 @@ use crate::content::ContentError;
 use crate::daemon::DaemonError;
 use crate::image::ImageError;
 use crate::registry::RegistryError;
+use crate::sandbox::SandboxError;
 use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
 
@@ -102,6 +103,24 @@ impl IntoStatus for ContentError {
     }
 }
 
+impl IntoStatus for SandboxError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            SandboxError::InvalidArgument { .. }
+            | SandboxError::Ambiguous(_)
+            | SandboxError::UnknownHandler(_) => Status::invalid_argument(message),
+            SandboxError::NotFound(_) => Status::not_found(message),
+            SandboxError::NameTaken { .. } => Status::already_exists(message),
+            SandboxError::Pause(_)
+            | SandboxError::Network(_)
+            | SandboxError::Cgroup(_)
+            | SandboxError::Io { .. } => Status::internal(message),
+            SandboxError::Store(e) => e.into_status(),
+        }
+    }
+}
+
 impl IntoStatus for DaemonError {
     fn into_status(self) -> Status {
         let message = self.to_string();
@@ -109,6 +128,7 @@ impl IntoStatus for DaemonError {
             DaemonError::InvalidPodCidr { .. } => Status::invalid_argument(message),
             DaemonError::Store(e) => e.into_status(),
             DaemonError::Image(e) => e.into_status(),
+            DaemonError::Sandbox(e) => e.into_status(),
             DaemonError::Socket(_) | DaemonError::Dir { .. } | DaemonError::Serve(_) => {
                 Status::internal(message)
             }

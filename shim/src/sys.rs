@@ -1,0 +1,58 @@
+//! The crate's only unsafe code: `fork` and `unshare`, which are sound only
+//! in a process that has a single thread.
+
+use std::io;
+
+use nix::unistd::{ForkResult, Pid};
+use rustix::thread::UnshareFlags;
+
+/// Which side of a [`fork`] the caller is on.
+pub(crate) enum Forked {
+    /// The original process; holds the child's pid.
+    Parent(Pid),
+    /// The new process.
+    Child,
+}
+
+/// Fails unless the calling process has exactly one thread, the condition
+/// under which `fork` and `unshare` are sound.
+fn ensure_single_threaded(what: &str) -> io::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{what} needs a single-threaded process, this one has {threads} threads"
+        )))
+    }
+}
+
+/// `fork(2)`, refused in a multi-threaded process.
+pub(crate) fn fork() -> io::Result<Forked> {
+    ensure_single_threaded("fork")?;
+    // SAFETY: the process has one thread (checked just above, and nothing in
+    // this crate starts threads), so the child inherits no lock held by
+    // another thread and may run any code, allocations included.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// `unshare(2)` of namespaces only (never `CLONE_FILES`, `CLONE_FS` or
+/// `CLONE_SIGHAND`-like flags), refused in a multi-threaded process.
+pub(crate) fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
+    let namespaces =
+        UnshareFlags::NEWNET | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS | UnshareFlags::NEWPID;
+    if !namespaces.contains(flags) {
+        return Err(io::Error::other(format!(
+            "unshare_namespaces was given flags other than namespaces: {flags:?}"
+        )));
+    }
+    ensure_single_threaded("unshare")?;
+    // SAFETY: rustix marks unshare unsafe because `CLONE_FILES` would split
+    // the fd table under other threads' feet; the flags are namespace flags
+    // only (checked above) and the process has a single thread.
+    unsafe { rustix::thread::unshare_unsafe(flags) }?;
+    Ok(())
+}
