@@ -102,8 +102,7 @@ impl Pause {
                 .expect("stderr is piped")
                 .read_to_string(&mut stderr)
                 .expect("reading stderr");
-            // Leaves the dir for the caller's checks when it is kept alive
-            // by the returned error; here it is dropped, so check first.
+            // The dir is dropped with this frame, so check it here.
             let failed = Failed { status, stderr };
             assert_nothing_left(dir.path(), &failed);
             return Err(failed);
@@ -196,13 +195,16 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A failed start left no pin, pin file, `ns` dir or pid file.
+/// A failed start left no pin, pin file, `ns` dir or pid file. Releases
+/// whatever it finds before failing, so a failing test leaves no mount.
 fn assert_nothing_left(dir: &Path, failed: &Failed) {
-    assert_eq!(mounts_under(dir), Vec::<String>::new(), "{failed:?}");
+    let mounts = mounts_under(dir);
     let left: Vec<_> = std::fs::read_dir(dir)
         .expect("state dir")
         .map(|e| e.expect("entry").file_name())
         .collect();
+    unpin(dir).expect("cleaning up after berth-pause");
+    assert_eq!(mounts, Vec::<String>::new(), "{failed:?}");
     assert!(left.is_empty(), "left behind {left:?} after {failed:?}");
 }
 

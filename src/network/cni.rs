@@ -288,8 +288,10 @@ impl CniClient {
     /// cached the attachment's ADD, DEL uses its config, arguments and
     /// result (even after a restart or a config change); otherwise it uses
     /// `network`, the current config (and does nothing when there is none).
-    /// The cache entry is removed once DEL succeeds; DEL of a pod that is
-    /// not attached succeeds.
+    /// Every plugin gets its DEL even when another failed; the first
+    /// failure is returned and the cache entry kept, so a retry uses it
+    /// again. The cache entry is removed once DEL succeeds; DEL of a pod
+    /// that is not attached succeeds.
     pub async fn del(
         &self,
         network: Option<&NetworkConfig>,
@@ -344,14 +346,21 @@ impl CniClient {
     ) -> Result<(), CniError> {
         // Before 0.4.0, DEL got no previous result.
         let prev = prev.filter(|_| version_at_least(&chain.version, (0, 4, 0)));
+        // Every plugin gets its DEL even when a later one's failed, so as
+        // little as possible is left; the first failure is reported.
+        let mut first_error = None;
         for (kind, plugin) in chain.plugins.iter().rev() {
             let stdin = chain.stdin(plugin, prev, runtime, None);
-            self.runner
+            if let Err(source) = self
+                .runner
                 .run(kind, CniCommand::Del, Some(env(req, args)), &stdin)
                 .await
-                .map_err(|source| chain.plugin_error(source))?;
+            {
+                tracing::debug!(container_id = %req.container_id, error = %source, "CNI DEL failed");
+                first_error.get_or_insert(chain.plugin_error(source));
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn cached(
@@ -804,6 +813,182 @@ mod tests {
         req.netns_path = PathBuf::new();
         assert!(validate(&req, true).is_err());
         assert!(validate(&req, false).is_ok(), "DEL may have no netns");
+    }
+
+    /// A fake plugin that logs its command, keeps its stdin, and prints a
+    /// result naming itself on ADD (or `garbage` when asked to).
+    fn fake_plugin(dir: &Path, name: &str, add_output: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$CNI_COMMAND {name}\" >> {d}/log\ncat > {d}/stdin-{name}-$CNI_COMMAND\n\
+                 if [ \"$CNI_COMMAND\" = ADD ]; then printf '%s' '{add_output}'; fi\n"
+            ),
+        )
+        .expect("write plugin");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    fn result_of(name: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"/n"}}],"ips":[{{"address":"10.9.0.2/24","interface":0}}],"dns":{{"domain":"{name}"}}}}"#
+        )
+    }
+
+    fn network(dir: &Path, plugins: &[&str]) -> NetworkConfig {
+        let plugins: Vec<Value> = plugins
+            .iter()
+            .map(|p| serde_json::json!({"type": p, "capabilities": {"portMappings": true}}))
+            .collect();
+        let list = serde_json::json!({"cniVersion": "1.0.0", "name": "fake", "plugins": plugins});
+        NetworkConfig {
+            path: dir.join("fake.conflist"),
+            name: "fake".into(),
+            cni_version: "1.0.0".into(),
+            plugins: Vec::new(),
+            list,
+        }
+    }
+
+    fn stdin_of(dir: &Path, name: &str, command: &str) -> Value {
+        let bytes = std::fs::read(dir.join(format!("stdin-{name}-{command}"))).expect("stdin kept");
+        serde_json::from_slice(&bytes).expect("stdin is JSON")
+    }
+
+    fn log(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn add_chains_results_and_del_reverses_from_the_cache() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first"));
+        fake_plugin(bin, "second", &result_of("second"));
+        let net = network(bin, &["first", "second"]);
+        let cache_dir = bin.join("cache");
+        let client = CniClient::new(vec![bin.to_path_buf()], &cache_dir);
+        let req = request();
+
+        let result = client.add(&net, &req).await.expect("ADD");
+        assert_eq!(
+            result.dns.domain.as_deref(),
+            Some("second"),
+            "the last plugin's result"
+        );
+        assert_eq!(
+            result.pod_ips("eth0"),
+            ["10.9.0.2".parse::<IpAddr>().expect("ip")]
+        );
+        assert!(stdin_of(bin, "first", "ADD").get("prevResult").is_none());
+        assert_eq!(
+            stdin_of(bin, "second", "ADD")["prevResult"]["dns"]["domain"],
+            "first"
+        );
+        assert_eq!(
+            stdin_of(bin, "second", "ADD")["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
+        assert!(cache_dir.join("fake-abc123-eth0").is_file());
+
+        // A new client (a restarted berthd) with no config at all.
+        let restarted = CniClient::new(vec![bin.to_path_buf()], &cache_dir);
+        restarted.del(None, &req).await.expect("DEL from the cache");
+        assert_eq!(log(bin), "ADD first\nADD second\nDEL second\nDEL first\n");
+        assert_eq!(
+            stdin_of(bin, "first", "DEL")["prevResult"]["dns"]["domain"],
+            "second"
+        );
+        assert!(
+            !cache_dir.join("fake-abc123-eth0").exists(),
+            "cache removed"
+        );
+
+        restarted.del(Some(&net), &req).await.expect("second DEL");
+        assert!(
+            stdin_of(bin, "first", "DEL").get("prevResult").is_none(),
+            "no cache: no prevResult"
+        );
+        restarted
+            .del(None, &req)
+            .await
+            .expect("DEL with nothing known is a no-op");
+    }
+
+    #[tokio::test]
+    async fn failed_add_is_rolled_back_and_garbage_is_named() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first"));
+        fake_plugin(bin, "liar", "this is not json");
+        let client = CniClient::new(vec![bin.to_path_buf()], bin.join("cache"));
+        let e = client
+            .add(&network(bin, &["first", "liar"]), &request())
+            .await
+            .expect_err("garbage output");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("network \"fake\": CNI plugin \"liar\" ADD wrote invalid output")
+                && msg.contains("this is not json"),
+            "{msg}"
+        );
+        assert_eq!(
+            log(bin),
+            "ADD first\nADD liar\nDEL liar\nDEL first\n",
+            "rolled back"
+        );
+        assert!(
+            client.cache().list().expect("list").is_empty(),
+            "nothing cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn check_needs_the_cache() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first"));
+        let net = network(bin, &["first"]);
+        let client = CniClient::new(vec![bin.to_path_buf()], bin.join("cache"));
+        let e = client
+            .check(&net, &request())
+            .await
+            .expect_err("not attached");
+        assert!(matches!(e, CniError::NotAttached { .. }), "{e}");
+        client.add(&net, &request()).await.expect("ADD");
+        client.check(&net, &request()).await.expect("CHECK");
+        assert_eq!(
+            stdin_of(bin, "first", "CHECK")["prevResult"]["dns"]["domain"],
+            "first"
+        );
+        // STATUS and GC are 1.1.0 commands: a 1.0.0 network skips them.
+        client.status(&net).await.expect("STATUS");
+        client.gc(&net, &[]).await.expect("GC");
+        assert_eq!(log(bin), "ADD first\nCHECK first\n");
+    }
+
+    #[tokio::test]
+    async fn status_and_gc_run_for_1_1_0() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first"));
+        let mut net = network(bin, &["first"]);
+        net.list["cniVersion"] = "1.1.0".into();
+        let client = CniClient::new(vec![bin.to_path_buf()], bin.join("cache"));
+        client.status(&net).await.expect("STATUS");
+        let valid = [ValidAttachment {
+            container_id: "abc123".into(),
+            ifname: "eth0".into(),
+        }];
+        client.gc(&net, &valid).await.expect("GC");
+        assert_eq!(log(bin), "STATUS first\nGC first\n");
+        assert_eq!(
+            stdin_of(bin, "first", "GC")["cni.dev/valid-attachments"],
+            serde_json::json!([{"containerID": "abc123", "ifname": "eth0"}])
+        );
     }
 
     #[test]

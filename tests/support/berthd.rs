@@ -24,7 +24,25 @@ pub struct Berthd {
     dir: tempfile::TempDir,
     /// Extra TOML appended to the generated configuration.
     extra_config: String,
+    /// The pod network of [`Berthd::start_with_network`].
+    network: Option<TestNetwork>,
 }
+
+/// A CNI network of the fixture's own: a bridge and a /24 no other test
+/// uses, IP allocations in the fixture's directory.
+#[derive(Debug, Clone)]
+pub struct TestNetwork {
+    /// Bridge name.
+    pub bridge: String,
+    /// Subnet prefix, e.g. `10.231.7` for `10.231.7.0/24`.
+    pub prefix: String,
+}
+
+/// Counts networks made by this test process, so parallel tests differ.
+static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Where Debian installs the CNI plugins.
+const CNI_PLUGINS: &str = "/usr/lib/cni";
 
 impl Berthd {
     /// Starts berthd with the fixture's configuration.
@@ -35,6 +53,24 @@ impl Berthd {
     /// Starts berthd with `extra_config` (TOML) appended to the fixture's
     /// configuration; top-level keys must come first in it.
     pub async fn start_with(extra_config: &str) -> Berthd {
+        Berthd::start_inner(extra_config, None).await
+    }
+
+    /// Starts berthd with a working pod network (real CNI plugins: bridge,
+    /// host-local, portmap) on a bridge and subnet of its own, and with the
+    /// pause binary built. Needs root.
+    pub async fn start_with_network(extra_config: &str) -> Berthd {
+        ensure_pause_binary();
+        let n = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let network = TestNetwork {
+            bridge: format!("bt{}x{n}", pid % 100_000),
+            prefix: format!("10.{}.{}", 200 + (n % 50), pid % 250),
+        };
+        Berthd::start_inner(extra_config, Some(network)).await
+    }
+
+    async fn start_inner(extra_config: &str, network: Option<TestNetwork>) -> Berthd {
         let dir = tempfile::Builder::new()
             .prefix("berthd-test-")
             .tempdir()
@@ -44,10 +80,52 @@ impl Berthd {
             child: None,
             dir,
             extra_config: extra_config.to_string(),
+            network,
         };
+        if let Some(net) = &berthd.network {
+            let conflist = serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "berth-test",
+                "plugins": [
+                    {
+                        "type": "bridge", "bridge": net.bridge, "isGateway": true,
+                        "ipMasq": false, "hairpinMode": true,
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": berthd.dir().join("ipam"),
+                            "ranges": [[{"subnet": format!("{}.0/24", net.prefix)}]],
+                            "routes": [{"dst": "0.0.0.0/0"}]
+                        }
+                    },
+                    {"type": "portmap", "capabilities": {"portMappings": true}}
+                ]
+            });
+            std::fs::write(
+                berthd.cni_conf_dir().join("10-test.conflist"),
+                conflist.to_string(),
+            )
+            .expect("write conflist");
+        }
         std::fs::write(berthd.config_path(), berthd.config_text()).expect("write config");
         berthd.launch().await;
         berthd
+    }
+
+    /// The pod network, when started with one.
+    pub fn network(&self) -> Option<&TestNetwork> {
+        self.network.as_ref()
+    }
+
+    /// IP allocations of the pod network that are still held.
+    pub fn allocated_ips(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir().join("ipam/berth-test"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The fixture's private directory.
@@ -92,7 +170,12 @@ impl Berthd {
         format!(
             "root = \"{d}/root\"\nstate = \"{d}/run\"\nlog_level = \"{level}\"\n{extra}\n\
              [grpc]\naddress = \"{d}/run/berth.sock\"\n\n\
-             [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"{d}/cni-bin\"]\n",
+             [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"{d}/cni-bin\"{plugins}]\n",
+            plugins = if self.network.is_some() {
+                format!(", \"{CNI_PLUGINS}\"")
+            } else {
+                String::new()
+            },
             extra = self.extra_config,
         )
     }
@@ -203,12 +286,66 @@ impl Berthd {
     }
 }
 
+/// Builds `berth-pause` next to the berthd binary when a test run did not
+/// build the whole workspace.
+fn ensure_pause_binary() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let beside = Path::new(env!("CARGO_BIN_EXE_berthd")).with_file_name("berth-pause");
+        if beside.is_file() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "berth-shim", "--bin", "berth-pause"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for berth-pause");
+        assert!(
+            status.success() && beside.is_file(),
+            "berth-pause was not built at {}",
+            beside.display()
+        );
+    });
+}
+
+/// Best-effort clean-up after a test that did not remove its pods: kills
+/// the pause processes berthd started, releases their namespace pins and
+/// deletes the test's bridge.
+fn clean_up_pods(dir: &Path, network: Option<&TestNetwork>) {
+    let sandboxes = dir.join("run/sandboxes");
+    for entry in std::fs::read_dir(&sandboxes)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let state = entry.path();
+        if let Ok(pid) = std::fs::read_to_string(state.join("pause.pid")) {
+            let pid: i32 = pid.trim().parse().unwrap_or(0);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if pid > 0 && String::from_utf8_lossy(&cmdline).contains("berth-pause") {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for ns in ["net", "ipc", "uts", "pid"] {
+            let _ =
+                nix::mount::umount2(&state.join("ns").join(ns), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    if let Some(net) = network {
+        let _ = Command::new("ip")
+            .args(["link", "del", &net.bridge])
+            .status();
+    }
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        clean_up_pods(self.dir(), self.network.as_ref());
         if std::thread::panicking() {
             let log = self.log();
             let start = (log.len().saturating_sub(20_000)..log.len())

@@ -44,3 +44,65 @@ pub fn require_binary(name: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("required binary `{name}` not found in PATH; run the README's test command, which installs it"))
 }
+
+/// Removes the host-wide chains the CNI `portmap` plugin creates on first
+/// use (and never deletes) once no pod rule is left in them, so a test that
+/// used hostPorts leaves the host's iptables as it found them. Call it at
+/// the end of such a test, after its pods are removed.
+pub fn remove_unused_portmap_chains() {
+    let rules = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
+        .output();
+    let Ok(rules) = rules else { return };
+    let in_use = String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT"));
+    if in_use || !rules.status.success() {
+        return;
+    }
+    let iptables = |args: &[&str]| {
+        let _ = std::process::Command::new("iptables")
+            .args(["-t", "nat"])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    iptables(&[
+        "-D",
+        "PREROUTING",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "CNI-HOSTPORT-DNAT",
+    ]);
+    iptables(&[
+        "-D",
+        "OUTPUT",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "CNI-HOSTPORT-DNAT",
+    ]);
+    iptables(&[
+        "-D",
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "CNI portfwd requiring masquerade",
+        "-j",
+        "CNI-HOSTPORT-MASQ",
+    ]);
+    for chain in [
+        "CNI-HOSTPORT-DNAT",
+        "CNI-HOSTPORT-MASQ",
+        "CNI-HOSTPORT-SETMARK",
+    ] {
+        iptables(&["-F", chain]);
+        iptables(&["-X", chain]);
+    }
+}
