@@ -330,7 +330,11 @@ impl CniClient {
             (None, Some(network)) => {
                 let chain = Chain::new(&network.list)?;
                 self.del_chain(&chain, req, &cni_args(req), &runtime_config(req), None)
-                    .await
+                    .await?;
+                // An unreadable entry would otherwise outlive the pod.
+                self.cache
+                    .remove(&network.name, &req.container_id, &req.ifname)?;
+                Ok(())
             }
             (None, None) => Ok(()),
         }
@@ -916,6 +920,58 @@ mod tests {
             .del(None, &req)
             .await
             .expect("DEL with nothing known is a no-op");
+    }
+
+    #[tokio::test]
+    async fn a_failed_del_keeps_the_cache_for_a_retry() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first"));
+        fake_plugin(bin, "second", &result_of("second"));
+        let net = network(bin, &["first", "second"]);
+        let client = CniClient::new(vec![bin.to_path_buf()], bin.join("cache"));
+        client.add(&net, &request()).await.expect("ADD");
+        std::fs::remove_file(bin.join("second")).expect("remove plugin");
+        let e = client
+            .del(Some(&net), &request())
+            .await
+            .expect_err("DEL fails");
+        assert!(e.to_string().contains("\"second\" not found"), "{e}");
+        assert!(
+            log(bin).ends_with("DEL first\n"),
+            "the other plugins still get DEL"
+        );
+        assert_eq!(
+            client.cache().list().expect("list").len(),
+            1,
+            "kept for a retry"
+        );
+        fake_plugin(bin, "second", &result_of("second"));
+        client
+            .del(Some(&net), &request())
+            .await
+            .expect("retried DEL");
+        assert!(client.cache().list().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn del_before_0_4_0_has_no_prev_result_and_corrupt_cache_is_dropped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path();
+        fake_plugin(bin, "first", &result_of("first").replace("1.0.0", "0.3.1"));
+        let mut net = network(bin, &["first"]);
+        net.list["cniVersion"] = "0.3.1".into();
+        let client = CniClient::new(vec![bin.to_path_buf()], bin.join("cache"));
+        client.add(&net, &request()).await.expect("ADD");
+        client.del(Some(&net), &request()).await.expect("DEL");
+        assert!(stdin_of(bin, "first", "DEL").get("prevResult").is_none());
+
+        std::fs::write(bin.join("cache/fake-abc123-eth0"), "{").expect("corrupt entry");
+        client
+            .del(Some(&net), &request())
+            .await
+            .expect("DEL with the current config");
+        assert!(!bin.join("cache/fake-abc123-eth0").exists());
     }
 
     #[tokio::test]

@@ -1,0 +1,169 @@
+//! Pod start benchmark: RunPodSandbox latency, serial and with many pods
+//! started at once, against any CRI endpoints, so berth and containerd are
+//! measured side by side on the same machine.
+//!
+//! ```sh
+//! cargo bench --bench pod_start -- \
+//!     berth=unix:///run/berth/berth.sock \
+//!     containerd=unix:///run/harness-containerd/containerd.sock
+//! ```
+//!
+//! Each endpoint runs `BENCH_PODS` (default 50) pods one after the other,
+//! then `BENCH_ROUNDS` (default 3) rounds of `BENCH_PARALLEL` (default 20)
+//! pods started at once; only RunPodSandbox is timed, every pod is stopped
+//! and removed afterwards. Pods get the cgroup parent `/berth-bench` and a
+//! network from the runtime's own CNI configuration. Latencies are printed
+//! as p50 / p99 in milliseconds. containerd needs its sandbox (pause) image
+//! present; pull it first if its configuration names one.
+
+use std::time::{Duration, Instant};
+
+use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_proto::v1::*;
+use tonic::transport::{Channel, Endpoint};
+
+async fn connect(endpoint: &str) -> RuntimeServiceClient<Channel> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .unwrap_or(endpoint)
+        .to_string();
+    let channel = Endpoint::from_static("http://cri.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+    RuntimeServiceClient::new(channel)
+}
+
+fn config(name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "berth-bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: "/berth-bench".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_one(mut rt: RuntimeServiceClient<Channel>, name: String) -> (String, Duration) {
+    let start = Instant::now();
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config(&name)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    (id, start.elapsed())
+}
+
+async fn remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    let _ = rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await;
+    let _ = rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await;
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> String {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    format!("{:.1}", samples[i].as_secs_f64() * 1000.0)
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let endpoints: Vec<(String, String)> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| match a.split_once('=') {
+            Some((name, endpoint)) => (name.to_string(), endpoint.to_string()),
+            None => (a.clone(), a),
+        })
+        .collect();
+    if endpoints.is_empty() {
+        eprintln!("usage: cargo bench --bench pod_start -- NAME=unix:///path/to.sock ...");
+        return;
+    }
+    let (pods, parallel, rounds) = (
+        env("BENCH_PODS", 50),
+        env("BENCH_PARALLEL", 20),
+        env("BENCH_ROUNDS", 3),
+    );
+    println!(
+        "| runtime | serial p50 / p99 (ms) | {parallel} at once p50 / p99 (ms) | wall time of {parallel} at once (ms, median) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (name, endpoint) in &endpoints {
+        let mut rt = connect(endpoint).await;
+        // One throw-away pod, so no sample pays a one-off cost.
+        let (id, _) = run_one(rt.clone(), "warmup".into()).await;
+        remove(&mut rt, &id).await;
+
+        let mut serial = Vec::new();
+        for i in 0..pods {
+            let (id, took) = run_one(rt.clone(), format!("serial-{i}")).await;
+            serial.push(took);
+            remove(&mut rt, &id).await;
+        }
+        let mut concurrent = Vec::new();
+        let mut walls = Vec::new();
+        for round in 0..rounds {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..parallel)
+                .map(|i| tokio::spawn(run_one(rt.clone(), format!("par-{round}-{i}"))))
+                .collect();
+            let mut ids = Vec::new();
+            for task in tasks {
+                let (id, took) = task.await.expect("pod task");
+                concurrent.push(took);
+                ids.push(id);
+            }
+            walls.push(start.elapsed());
+            for id in ids {
+                remove(&mut rt, &id).await;
+            }
+        }
+        println!(
+            "| {name} | {} / {} | {} / {} | {} |",
+            percentile(&mut serial, 0.5),
+            percentile(&mut serial, 0.99),
+            percentile(&mut concurrent, 0.5),
+            percentile(&mut concurrent, 0.99),
+            percentile(&mut walls, 0.5),
+        );
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir(hierarchy.path().join("berth-bench"));
+    }
+}
