@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -17,7 +16,7 @@ use crate::config::Config;
 use crate::cri::{self, SocketError};
 use crate::image::{ImageError, Images};
 use crate::input::quoted;
-use crate::network::{NetworkConfig, NetworkConfigError};
+use crate::network::{self, NetworkConfig, NetworkConfigError};
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
@@ -162,22 +161,33 @@ impl Daemon {
     }
 
     /// Records the pod CIDRs the kubelet sends (comma-separated; empty
-    /// clears them).
+    /// clears them). When the node uses berth's default network config
+    /// (`10-berth.conflist`, network `berth`), it is rewritten for them.
     pub fn set_pod_cidr(&self, cidrs: &str) -> Result<(), DaemonError> {
-        let parsed = if cidrs.is_empty() {
+        let parsed = if cidrs.trim().is_empty() {
             Vec::new()
         } else {
-            cidrs
-                .split(',')
-                .map(|c| check_cidr(c.trim()).map(|()| c.trim().to_string()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|reason| DaemonError::InvalidPodCidr {
-                    cidr: cidrs.into(),
-                    reason,
-                })?
+            network::parse_pod_cidrs(cidrs).map_err(|e| DaemonError::InvalidPodCidr {
+                cidr: cidrs.into(),
+                reason: e.to_string(),
+            })?
         };
+        let conf_dir = &self.config.cni.conf_dir;
+        let default = conf_dir.join(network::DEFAULT_CONFLIST_FILE);
+        let ours = NetworkConfig::from_file(&default, &self.config.cni.bin_dirs)
+            .is_ok_and(|c| c.name == "berth");
+        if ours && !parsed.is_empty() {
+            network::write_default_conflist(conf_dir, &parsed).map_err(|e| {
+                DaemonError::InvalidPodCidr {
+                    cidr: cidrs.into(),
+                    reason: e.to_string(),
+                }
+            })?;
+            tracing::info!(path = %default.display(), "default network config updated for the pod CIDR");
+        }
         tracing::info!(pod_cidrs = ?parsed, "pod CIDR updated");
-        *self.pod_cidrs.write().unwrap_or_else(|e| e.into_inner()) = parsed;
+        *self.pod_cidrs.write().unwrap_or_else(|e| e.into_inner()) =
+            parsed.iter().map(ToString::to_string).collect();
         Ok(())
     }
 
@@ -235,24 +245,6 @@ fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
         })
 }
 
-/// Checks `a.b.c.d/n` or `x::/n`.
-fn check_cidr(cidr: &str) -> Result<(), String> {
-    let (addr, prefix) = cidr
-        .split_once('/')
-        .ok_or_else(|| format!("{} has no /prefix", quoted(cidr)))?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|e| format!("{} is not an IP address: {e}", quoted(addr)))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    match prefix.parse::<u8>() {
-        Ok(p) if p <= max => Ok(()),
-        _ => Err(format!(
-            "{} is not a prefix length 0..={max}",
-            quoted(prefix)
-        )),
-    }
-}
-
 /// Tells systemd (Type=notify) about a state change; a no-op when not run
 /// by systemd.
 fn notify_systemd(state: &str) {
@@ -273,26 +265,5 @@ fn notify_systemd(state: &str) {
     })();
     if let Err(e) = sent {
         tracing::warn!(error = %e, state, "sd_notify failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidrs_are_checked() {
-        for ok in ["10.88.0.0/16", "fd00::/64", "0.0.0.0/0"] {
-            check_cidr(ok).expect(ok);
-        }
-        for bad in [
-            "10.88.0.0",
-            "10.88.0.0/33",
-            "x/8",
-            "fd00::/129",
-            "10.0.0.0/-1",
-        ] {
-            assert!(check_cidr(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -175,11 +175,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let err = berthd
         .runtime()
         .await
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .exec_sync(ExecSyncRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(err.message().contains("ExecSync"), "{}", err.message());
 
     let err = berthd
         .images()

@@ -18,7 +18,7 @@ pub const DEFAULT_CONFLIST_FILE: &str = "10-berth.conflist";
 #[derive(Debug, thiserror::Error)]
 pub enum DefaultConfigError {
     /// A pod CIDR is not a network address with a prefix length.
-    #[error("invalid pod CIDR {cidr:?}: {reason}")]
+    #[error("invalid pod CIDR {}: {reason}", crate::input::quoted(cidr))]
     InvalidCidr {
         /// The text given.
         cidr: String,

@@ -21,8 +21,6 @@ const PAUSE_BINARY: &str = "berth-pause";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping pause process gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// The namespace kinds the pause process may pin.
-const PINNED: [&str; 4] = ["net", "ipc", "uts", "pid"];
 
 /// The pause binary: next to berthd's own executable, else from `PATH`.
 pub fn binary() -> PathBuf {
@@ -161,21 +159,8 @@ pub async fn stop(process: &PauseProcess) {
     }
 }
 
-/// Unmounts and deletes the namespace pins under `state_dir/ns`; missing
-/// pins are fine.
+/// Unmounts and deletes the namespace pins under `state_dir/ns` (and the
+/// pid file); what is already gone is fine.
 pub fn unpin(state_dir: &Path) -> std::io::Result<()> {
-    let ns = state_dir.join("ns");
-    for kind in PINNED {
-        let pin = ns.join(kind);
-        match nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match std::fs::remove_file(&pin) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    berth_shim::pause::unpin(state_dir).map_err(|e| std::io::Error::other(e.to_string()))
 }
