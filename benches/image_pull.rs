@@ -29,7 +29,7 @@ use berth_cri_proto::v1::image_service_client::ImageServiceClient;
 use berth_cri_proto::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
 use support::image::{ImageBuilder, Layer};
 use support::registry::Registry;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Deterministic pseudo-random bytes (xorshift64*), fast and incompressible.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -108,21 +108,8 @@ fn images() -> (ImageBuilder, ImageBuilder) {
 }
 
 async fn connect(endpoint: &str) -> ImageServiceClient<Channel> {
-    let path = endpoint
-        .strip_prefix("unix://")
-        .unwrap_or(endpoint)
-        .to_string();
-    let channel = Endpoint::from_static("http://cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
-    ImageServiceClient::new(channel).max_decoding_message_size(16 << 20)
+    ImageServiceClient::new(support::cri::channel(endpoint).await)
+        .max_decoding_message_size(16 << 20)
 }
 
 fn spec(image: &str) -> Option<ImageSpec> {

@@ -16,28 +16,19 @@
 //! as p50 / p99 in milliseconds. containerd needs its sandbox (pause) image
 //! present; pull it first if its configuration names one.
 
+#[path = "../tests/support/mod.rs"]
+#[allow(missing_docs)]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use berth_cri_proto::v1::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 async fn connect(endpoint: &str) -> RuntimeServiceClient<Channel> {
-    let path = endpoint
-        .strip_prefix("unix://")
-        .unwrap_or(endpoint)
-        .to_string();
-    let channel = Endpoint::from_static("http://cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
-    RuntimeServiceClient::new(channel)
+    RuntimeServiceClient::new(support::cri::channel(endpoint).await)
+        .max_decoding_message_size(16 << 20)
 }
 
 fn config(name: &str) -> PodSandboxConfig {

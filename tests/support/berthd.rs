@@ -13,7 +13,7 @@ use berth_cri_proto::v1::image_service_client::ImageServiceClient;
 use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long berthd may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -262,17 +262,7 @@ impl Berthd {
 
     /// A channel to berthd's socket.
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket();
-        Endpoint::from_static("http://berthd.invalid")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .expect("connect to berthd socket")
+        super::cri::channel(&self.socket().display().to_string()).await
     }
 
     /// A RuntimeService client.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod berthd;
+pub mod cri;
 pub mod image;
 pub mod registry;
 pub mod sys;
