@@ -180,15 +180,6 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("ExecSync"), "{}", err.message());
-
-    let err = berthd
-        .images()
-        .await
-        .stream_images(StreamImagesRequest::default())
-        .await
-        .expect_err("not built yet");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("StreamImages"), "{}", err.message());
 }
 
 #[tokio::test]

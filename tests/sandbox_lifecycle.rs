@@ -261,6 +261,17 @@ async fn run_inspect_list_stop_remove() {
     .await;
     assert!(by_label.is_empty());
 
+    let mut stream = rt
+        .stream_pod_sandboxes(StreamPodSandboxesRequest::default())
+        .await
+        .expect("StreamPodSandboxes")
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(msg) = stream.message().await.expect("stream message") {
+        streamed.extend(msg.pod_sandboxes);
+    }
+    assert_eq!(streamed, list(&mut rt, None).await);
+
     // A second pod with the same name is refused, naming the holder.
     let err = run(&mut rt, pod("a", "web")).await.expect_err("name taken");
     assert_eq!(err.code(), Code::AlreadyExists);

@@ -6,7 +6,7 @@ use berth_cri_proto::v1::image_service_server::ImageService;
 use berth_cri_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::{ImageApi, IntoStatus, ReplyStream, traced, unimplemented};
+use super::{ImageApi, IntoStatus, ReplyStream, traced};
 use crate::image::{ImageRecord, ImageUser};
 use crate::registry::Credentials;
 
@@ -130,9 +130,26 @@ impl ImageService for ImageApi {
     type StreamImagesStream = ReplyStream<StreamImagesResponse>;
     async fn stream_images(
         &self,
-        _: Request<StreamImagesRequest>,
+        request: Request<StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        traced("StreamImages", async { Err(unimplemented("StreamImages")) }).await
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image);
+        traced("StreamImages", async {
+            let images: Vec<_> = self
+                .daemon
+                .images()
+                .list(filter.as_deref())
+                .iter()
+                .map(image)
+                .collect();
+            Ok(super::batches(images, |images| StreamImagesResponse {
+                images,
+            }))
+        })
+        .await
     }
 }
 

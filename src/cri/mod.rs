@@ -93,6 +93,29 @@ async fn traced<T>(
     .await
 }
 
+/// Items of a streaming list RPC per message: small enough that a message
+/// stays far below the 16 MiB limit whatever the objects hold.
+const STREAM_BATCH: usize = 256;
+
+/// A streaming list reply: `items` in messages of [`STREAM_BATCH`], made by
+/// `wrap`; one empty message when there is nothing.
+fn batches<T: Send + 'static, M: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> M + Send + 'static,
+) -> ReplyStream<M> {
+    let mut messages = Vec::new();
+    let mut items = items.into_iter().peekable();
+    loop {
+        let batch: Vec<T> = items.by_ref().take(STREAM_BATCH).collect();
+        let last = items.peek().is_none();
+        messages.push(Ok(wrap(batch)));
+        if last {
+            break;
+        }
+    }
+    Box::pin(tokio_stream::iter(messages))
+}
+
 /// The answer of an RPC berth does not implement yet.
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))

@@ -218,10 +218,20 @@ impl RuntimeService for RuntimeApi {
 
     async fn stream_pod_sandboxes(
         &self,
-        _: Request<StreamPodSandboxesRequest>,
+        request: Request<StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = sandbox::filter(request.into_inner().filter);
         traced("StreamPodSandboxes", async {
-            Err(unimplemented("StreamPodSandboxes"))
+            let items: Vec<_> = self
+                .daemon
+                .sandboxes()
+                .list(&filter)
+                .iter()
+                .map(sandbox::summary)
+                .collect();
+            Ok(super::batches(items, |pod_sandboxes| {
+                StreamPodSandboxesResponse { pod_sandboxes }
+            }))
         })
         .await
     }
