@@ -224,6 +224,13 @@ async fn run_inspect_list_stop_remove() {
         .output()
         .expect("hostname");
     assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "web-host");
+    let shm = PathBuf::from(info["stateDir"].as_str().expect("state dir")).join("shm");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(
+        mounts.lines().any(|l| l.contains(&shm.display().to_string()) && l.contains("tmpfs")),
+        "pod /dev/shm tmpfs at {}",
+        shm.display()
+    );
     let pid = info["pid"].as_i64().expect("pause pid");
     assert!(PathBuf::from(format!("/proc/{pid}")).exists());
     let sandbox_dir = PathBuf::from(info["sandboxDir"].as_str().expect("sandbox dir"));

@@ -139,6 +139,12 @@ impl SandboxRecord {
         self.state_dir.join("ns").join(kind)
     }
 
+    /// The tmpfs the pod's containers share as `/dev/shm`, when the pod has
+    /// its own IPC namespace.
+    pub fn shm_dir(&self) -> Option<PathBuf> {
+        (self.namespaces.ipc == NamespaceMode::Pod).then(|| self.state_dir.join("shm"))
+    }
+
     /// Path of the network namespace containers join, `None` for
     /// host-network pods.
     pub fn netns(&self) -> Option<PathBuf> {

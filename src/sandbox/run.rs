@@ -101,6 +101,9 @@ impl Sandboxes {
             .unwrap_or_default();
         let dir = record.dir.clone();
         step!(files::write(&record, &node_hostname).map_err(io_error("write files in", &dir)));
+        if let Some(shm) = record.shm_dir() {
+            step!(mount_shm(&shm));
+        }
         let pause = step!(pause::start(&self.pause_binary, &record).await);
         record.pause = Some(pause);
         if let Some(cgroup) = self.cgroup_path(&record) {
@@ -146,6 +149,12 @@ impl Sandboxes {
         {
             tracing::warn!(sandbox = %record.id, error = %e, "cgroup not removed");
         }
+        if let Some(shm) = record.shm_dir() {
+            match nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => tracing::warn!(sandbox = %record.id, error = %e, "shm not unmounted"),
+            }
+        }
         if let Err(e) = pause::unpin(&record.state_dir) {
             tracing::warn!(sandbox = %record.id, error = %e, "namespace pins not removed");
         }
@@ -189,4 +198,18 @@ impl Sandboxes {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&record.id);
     }
+}
+
+/// The pod's `/dev/shm`: a 64 MiB tmpfs, as Docker and containerd give.
+fn mount_shm(dir: &std::path::Path) -> Result<(), SandboxError> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+    mount(
+        Some("shm"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=67108864"),
+    )
+    .map_err(|e| io_error("mount shm tmpfs on", dir)(e.into()))
 }

@@ -317,6 +317,7 @@ fn clean_up_pods(dir: &Path, network: Option<&TestNetwork>) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
+        let _ = nix::mount::umount2(&state.join("shm"), nix::mount::MntFlags::MNT_DETACH);
         for ns in ["net", "ipc", "uts", "pid"] {
             let _ =
                 nix::mount::umount2(&state.join("ns").join(ns), nix::mount::MntFlags::MNT_DETACH);
