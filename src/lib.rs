@@ -13,6 +13,8 @@
 pub mod cgroup;
 /// Configuration: defaults, the TOML file, validation.
 pub mod config;
+/// Containers: the OCI runtime spec built from the CRI and image configs.
+pub mod container;
 /// Blobs by digest (manifests, configs), written only once verified.
 pub mod content;
 /// The CRI gRPC façade, the socket, and the error → status mapping.
@@ -29,6 +31,9 @@ pub mod network;
 pub mod registry;
 /// Pod sandboxes: pause process, namespaces, network, files.
 pub mod sandbox;
+/// Client of the per-container and per-sandbox shims (shim v2 Task API
+/// over ttrpc): start, connect, typed task calls, the recorded exit file.
+pub mod shim_client;
 /// Unpacked layers keyed by chain id, shared between images.
 pub mod snapshot;
 /// The metadata store (redb): records that survive restarts.

@@ -1,0 +1,23 @@
+//! Containers. So far: the OCI runtime spec CreateContainer hands the
+//! OCI runtime, built from the CRI config, the image config and the pod
+//! sandbox ([`build_spec`]).
+//!
+//! The spec's parts, one file each: [`spec`] puts them together;
+//! `process` (command, env, working dir), `user` (passwd/group
+//! resolution), `namespaces`, `mounts`, `devices`, `resources` (cgroup
+//! path and limits), `security` (capabilities, masked paths, seccomp,
+//! AppArmor) and `seccomp_default` (the RuntimeDefault profile as data).
+
+mod devices;
+mod mounts;
+mod namespaces;
+mod process;
+mod resources;
+mod seccomp_default;
+mod security;
+pub mod spec;
+mod user;
+
+pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
+pub use resources::cgroups_path;
+pub use spec::{SpecError, SpecInput, build as build_spec};
