@@ -1,6 +1,7 @@
 //! Containers. So far: the OCI runtime spec CreateContainer hands the
 //! OCI runtime, built from the CRI config, the image config and the pod
-//! sandbox ([`build_spec`]).
+//! sandbox ([`build_spec`]), and the root filesystem it runs on, an
+//! overlay of the image's snapshots ([`rootfs`]).
 //!
 //! The spec's parts, one file each: [`spec`] puts them together;
 //! `process` (command, env, working dir), `user` (passwd/group
@@ -13,6 +14,7 @@ mod mounts;
 mod namespaces;
 mod process;
 mod resources;
+pub mod rootfs;
 mod seccomp_default;
 mod security;
 pub mod spec;
