@@ -9,7 +9,18 @@
 //! - [`pause`]: the pause process (binary `berth-pause`) and what a
 //!   supervisor needs to know about it: its command line, where it pins the
 //!   namespaces, and [`pause::unpin`] to release them when the pod goes.
-//! - `sys` (private): the crate's only unsafe code, `fork` and `unshare`.
+//! - [`server`]: the shim itself (binary `berth-shim`): daemonizing
+//!   (`start`), cleaning up after a dead shim (`delete`), the Task service
+//!   over ttrpc, the reaper, and the task it supervises.
+//! - [`exit`]: the exit record the shim writes before it reports an exit,
+//!   which berthd reads when the shim is gone.
+//! - [`options`]: what a task runs (runc bundle or pause process), carried
+//!   in `CreateTaskRequest.options`; shared by the shim and its clients.
+//! - `sys` (private): the crate's only unsafe code, `fork` and `unshare`,
+//!   and the other process-wide calls (`setsid`, child subreaper).
 
+pub mod exit;
+pub mod options;
 pub mod pause;
+pub mod server;
 mod sys;

@@ -1,5 +1,7 @@
 //! The crate's only unsafe code: `fork` and `unshare`, which are sound only
-//! in a process that has a single thread.
+//! in a process that has a single thread; and the other process-wide set-up
+//! the shim does when it daemonizes (`setsid`, `PR_SET_CHILD_SUBREAPER`),
+//! kept here so every call that changes the process itself is in one place.
 
 use std::io;
 
@@ -54,5 +56,21 @@ pub(crate) fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
     // the fd table under other threads' feet; the flags are namespace flags
     // only (checked above) and the process has a single thread.
     unsafe { rustix::thread::unshare_unsafe(flags) }?;
+    Ok(())
+}
+
+/// `setsid(2)`: the calling process leaves its parent's session and process
+/// group, so neither a terminal hang-up nor a signal to the caller's group
+/// reaches it.
+pub(crate) fn setsid() -> io::Result<()> {
+    rustix::process::setsid()?;
+    Ok(())
+}
+
+/// `prctl(PR_SET_CHILD_SUBREAPER)`: orphaned descendants (a container's
+/// init once `runc create` exits) are re-parented to this process, which can
+/// then reap them and learn how they exited.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
     Ok(())
 }
