@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
+use crate::container::{ContainerError, ContainerFilter, Containers};
 use crate::cri::{self, SocketError};
 use crate::image::{ImageError, Images};
 use crate::input::quoted;
@@ -40,9 +41,13 @@ pub enum DaemonError {
     /// The image stores could not be opened.
     #[error(transparent)]
     Image(#[from] ImageError),
-    /// The sandbox records could not be loaded.
+    /// The sandbox records could not be loaded, or a sandbox operation
+    /// failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A container operation failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     /// The CRI socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -65,6 +70,7 @@ pub struct Daemon {
     store: Store,
     images: Images,
     sandboxes: Sandboxes,
+    containers: Containers,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
     /// sends them), empty until the kubelet sets them.
     pod_cidrs: RwLock<Vec<String>>,
@@ -85,7 +91,9 @@ impl Daemon {
         }
         let store = Store::open(&config.store_path())?;
         let images = Images::open(&config, store.clone())?;
-        let sandboxes = Sandboxes::load(Arc::new(config.clone()), store.clone())?;
+        let shared = Arc::new(config.clone());
+        let sandboxes = Sandboxes::load(shared.clone(), store.clone())?;
+        let containers = Containers::load(shared, store.clone())?;
         tracing::info!(
             root = %config.root.display(),
             state = %config.state.display(),
@@ -97,6 +105,7 @@ impl Daemon {
             store,
             images,
             sandboxes,
+            containers,
             pod_cidrs: RwLock::new(Vec::new()),
         }))
     }
@@ -119,6 +128,59 @@ impl Daemon {
     /// The pod sandbox service.
     pub fn sandboxes(&self) -> &Sandboxes {
         &self.sandboxes
+    }
+
+    /// The container service.
+    pub fn containers(&self) -> &Containers {
+        &self.containers
+    }
+
+    /// CreateContainer: the container joins a Ready sandbox and runs an
+    /// image that is on the node.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &berth_cri_proto::v1::ContainerConfig,
+    ) -> Result<String, DaemonError> {
+        let sandbox = self.sandboxes.get(sandbox_id)?;
+        let image = config
+            .image
+            .as_ref()
+            .and_then(|i| self.images.status(&i.image));
+        Ok(self
+            .containers
+            .create(&sandbox, config, image, self.images.snapshots())
+            .await?)
+    }
+
+    /// StopPodSandbox: the pod's containers stop with it.
+    pub async fn stop_sandbox(&self, id: &str) -> Result<(), DaemonError> {
+        Ok(self.sandboxes.stop(id).await?)
+    }
+
+    /// RemovePodSandbox: the pod's containers are removed first.
+    pub async fn remove_sandbox(&self, id: &str) -> Result<(), DaemonError> {
+        let sandbox = match self.sandboxes.get(id) {
+            Ok(sandbox) => sandbox,
+            Err(SandboxError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let filter = ContainerFilter {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..Default::default()
+        };
+        for container in self.containers.list(&filter) {
+            self.containers.remove(&container.id).await?;
+        }
+        Ok(self.sandboxes.remove(&sandbox.id).await?)
+    }
+
+    /// RemoveImage: refused while a container uses the image.
+    pub async fn remove_image(&self, spec: &str) -> Result<(), DaemonError> {
+        self.images
+            .remove(spec, |id| self.containers.using_image(id))
+            .await?;
+        Ok(())
     }
 
     /// Looks at what readiness depends on: for now, the network config.

@@ -9,10 +9,12 @@
 //! path and limits), `security` (capabilities, masked paths, seccomp,
 //! AppArmor) and `seccomp_default` (the RuntimeDefault profile as data).
 
+mod containers;
 mod devices;
 mod mounts;
 mod namespaces;
 mod process;
+mod record;
 mod resources;
 pub mod rootfs;
 mod seccomp_default;
@@ -20,6 +22,8 @@ mod security;
 pub mod spec;
 mod user;
 
+pub use containers::{ContainerError, ContainerFilter, Containers};
 pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
+pub use record::{ContainerRecord, ContainerState, MountRecord};
 pub use resources::cgroups_path;
 pub use spec::{SpecError, SpecInput, build as build_spec};

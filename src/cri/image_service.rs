@@ -87,8 +87,7 @@ impl ImageService for ImageApi {
         traced("RemoveImage", async {
             let spec = image_name(request.image.as_ref())?;
             self.daemon
-                .images()
-                .remove(spec, |_| Vec::new())
+                .remove_image(spec)
                 .await
                 .map_err(IntoStatus::into_status)?;
             Ok(RemoveImageResponse {})

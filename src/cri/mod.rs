@@ -4,6 +4,7 @@
 //! Every RPC goes through [`traced`] (span, failure log, latency), and domain
 //! errors become `tonic::Status` codes in exactly one place, [`status`].
 
+mod container;
 mod image_service;
 mod runtime_service;
 mod sandbox;

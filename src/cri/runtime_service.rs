@@ -6,11 +6,11 @@ use berth_cri_proto::v1::runtime_service_server::RuntimeService;
 use berth_cri_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::sandbox;
 use super::{
     IntoStatus, KUBE_RUNTIME_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, ReplyStream,
     RuntimeApi, traced, unimplemented,
 };
+use super::{container, sandbox};
 use crate::config;
 use crate::sandbox::SandboxSpec;
 
@@ -150,8 +150,7 @@ impl RuntimeService for RuntimeApi {
         let id = request.into_inner().pod_sandbox_id;
         traced("StopPodSandbox", async {
             self.daemon
-                .sandboxes()
-                .stop(&id)
+                .stop_sandbox(&id)
                 .await
                 .map_err(IntoStatus::into_status)?;
             Ok(StopPodSandboxResponse {})
@@ -166,8 +165,7 @@ impl RuntimeService for RuntimeApi {
         let id = request.into_inner().pod_sandbox_id;
         traced("RemovePodSandbox", async {
             self.daemon
-                .sandboxes()
-                .remove(&id)
+                .remove_sandbox(&id)
                 .await
                 .map_err(IntoStatus::into_status)?;
             Ok(RemovePodSandboxResponse {})
@@ -238,10 +236,19 @@ impl RuntimeService for RuntimeApi {
 
     async fn create_container(
         &self,
-        _: Request<CreateContainerRequest>,
+        request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
+        let request = request.into_inner();
         traced("CreateContainer", async {
-            Err(unimplemented("CreateContainer"))
+            let config = request
+                .config
+                .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
+            let id = self
+                .daemon
+                .create_container(&request.pod_sandbox_id, &config)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(CreateContainerResponse { container_id: id })
         })
         .await
     }
@@ -258,30 +265,50 @@ impl RuntimeService for RuntimeApi {
 
     async fn stop_container(
         &self,
-        _: Request<StopContainerRequest>,
+        request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
         traced("StopContainer", async {
-            Err(unimplemented("StopContainer"))
+            // Nothing runs yet: a created or unknown container is stopped.
+            match self.daemon.containers().status(&id) {
+                Ok(record) if record.state == crate::container::ContainerState::Running => {
+                    Err(unimplemented("StopContainer of a running container"))
+                }
+                Ok(_) | Err(crate::container::ContainerError::NotFound(_)) => {
+                    Ok(StopContainerResponse {})
+                }
+                Err(e) => Err(e.into_status()),
+            }
         })
         .await
     }
 
     async fn remove_container(
         &self,
-        _: Request<RemoveContainerRequest>,
+        request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
         traced("RemoveContainer", async {
-            Err(unimplemented("RemoveContainer"))
+            self.daemon
+                .containers()
+                .remove(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(RemoveContainerResponse {})
         })
         .await
     }
 
     async fn list_containers(
         &self,
-        _: Request<ListContainersRequest>,
+        request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = container::filter(request.into_inner().filter);
         traced("ListContainers", async {
-            Err(unimplemented("ListContainers"))
+            let containers = self.daemon.containers().list(&filter);
+            Ok(ListContainersResponse {
+                containers: containers.iter().map(container::summary).collect(),
+            })
         })
         .await
     }
@@ -290,20 +317,43 @@ impl RuntimeService for RuntimeApi {
 
     async fn stream_containers(
         &self,
-        _: Request<StreamContainersRequest>,
+        request: Request<StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = container::filter(request.into_inner().filter);
         traced("StreamContainers", async {
-            Err(unimplemented("StreamContainers"))
+            let items: Vec<_> = self
+                .daemon
+                .containers()
+                .list(&filter)
+                .iter()
+                .map(container::summary)
+                .collect();
+            Ok(super::batches(items, |containers| {
+                StreamContainersResponse { containers }
+            }))
         })
         .await
     }
 
     async fn container_status(
         &self,
-        _: Request<ContainerStatusRequest>,
+        request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
         traced("ContainerStatus", async {
-            Err(unimplemented("ContainerStatus"))
+            let record = self
+                .daemon
+                .containers()
+                .status(&request.container_id)
+                .map_err(IntoStatus::into_status)?;
+            let mut info = HashMap::new();
+            if request.verbose {
+                info.insert("info".to_string(), container::verbose_info(&record));
+            }
+            Ok(ContainerStatusResponse {
+                status: Some(container::status(&record)),
+                info,
+            })
         })
         .await
     }

@@ -4,6 +4,7 @@
 
 use tonic::Status;
 
+use crate::container::ContainerError;
 use crate::content::ContentError;
 use crate::daemon::DaemonError;
 use crate::image::ImageError;
@@ -121,6 +122,35 @@ impl IntoStatus for SandboxError {
     }
 }
 
+impl IntoStatus for ContainerError {
+    fn into_status(self) -> Status {
+        let message = self.to_string();
+        match self {
+            ContainerError::InvalidArgument { .. } | ContainerError::Ambiguous(_) => {
+                Status::invalid_argument(message)
+            }
+            ContainerError::NotFound(_) | ContainerError::ImageNotFound(_) => {
+                Status::not_found(message)
+            }
+            ContainerError::SandboxNotReady(_) => Status::failed_precondition(message),
+            ContainerError::NameTaken { .. } => Status::already_exists(message),
+            ContainerError::Unimplemented(_) => Status::unimplemented(message),
+            ContainerError::Spec(e) => match e {
+                crate::container::SpecError::InvalidArgument { .. } => {
+                    Status::invalid_argument(message)
+                }
+                crate::container::SpecError::NotFound(_) => Status::not_found(message),
+                crate::container::SpecError::Io { .. } | crate::container::SpecError::Oci(_) => {
+                    Status::internal(message)
+                }
+            },
+            ContainerError::Snapshot(e) => e.into_status(),
+            ContainerError::Rootfs(_) | ContainerError::Io { .. } => Status::internal(message),
+            ContainerError::Store(e) => e.into_status(),
+        }
+    }
+}
+
 impl IntoStatus for DaemonError {
     fn into_status(self) -> Status {
         let message = self.to_string();
@@ -129,6 +159,7 @@ impl IntoStatus for DaemonError {
             DaemonError::Store(e) => e.into_status(),
             DaemonError::Image(e) => e.into_status(),
             DaemonError::Sandbox(e) => e.into_status(),
+            DaemonError::Container(e) => e.into_status(),
             DaemonError::Socket(_) | DaemonError::Dir { .. } | DaemonError::Serve(_) => {
                 Status::internal(message)
             }

@@ -1,0 +1,414 @@
+//! The container service: CreateContainer (record, writable root
+//! filesystem over the image's snapshots, OCI bundle), RemoveContainer,
+//! ContainerStatus and ListContainers. Starting and stopping go through
+//! `berth-shim` (not built yet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_cri_proto::v1 as cri;
+
+use super::record::{ContainerRecord, ContainerState, MountRecord};
+use super::rootfs::{RootfsError, mount_rootfs, unmount_rootfs};
+use super::spec::{SpecError, SpecInput, build};
+use crate::config::Config;
+use crate::image::ImageRecord;
+use crate::input::quoted;
+use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::snapshot::SnapshotStore;
+use crate::store::{Store, StoreError, Table};
+
+/// What went wrong with a container operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// A request field is wrong.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field's path in the request.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No container has this id.
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// The id prefix matches several containers.
+    #[error("container id prefix {0} is ambiguous")]
+    Ambiguous(String),
+    /// The image is not on the node.
+    #[error("image {0} not found: pull it first")]
+    ImageNotFound(String),
+    /// The pod sandbox is not ready.
+    #[error("pod sandbox {0} is not ready")]
+    SandboxNotReady(String),
+    /// The name is taken.
+    #[error("container name {name} is reserved by {holder}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The container id holding it.
+        holder: String,
+    },
+    /// The operation needs berth-shim, which is not built yet.
+    #[error("{0} is not implemented by berth yet")]
+    Unimplemented(&'static str),
+    /// The OCI spec could not be built from the config.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The root filesystem could not be mounted.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// The image's snapshots are missing.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A file or directory could not be made or removed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ContainerError {
+    ContainerError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let path = path.to_path_buf();
+    move |source| ContainerError::Io { op, path, source }
+}
+
+/// ListContainers' filter; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    /// Id or id prefix.
+    pub id: Option<String>,
+    /// State.
+    pub state: Option<ContainerState>,
+    /// Pod sandbox id or prefix.
+    pub sandbox_id: Option<String>,
+    /// Labels that must all match.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One container in memory: its record and the lock its operations take.
+struct Entry {
+    record: Mutex<ContainerRecord>,
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    fn record(&self) -> ContainerRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The container service.
+pub struct Containers {
+    config: Arc<Config>,
+    store: Store,
+    entries: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+impl Containers {
+    /// Loads every container record.
+    pub fn load(config: Arc<Config>, store: Store) -> Result<Containers, ContainerError> {
+        let containers = Containers {
+            config,
+            store,
+            entries: RwLock::new(HashMap::new()),
+        };
+        for (_, record) in containers
+            .store
+            .list::<ContainerRecord>(Table::Containers)?
+        {
+            containers.insert(record);
+        }
+        Ok(containers)
+    }
+
+    fn insert(&self, record: ContainerRecord) -> Arc<Entry> {
+        let entry = Arc::new(Entry {
+            record: Mutex::new(record.clone()),
+            op: tokio::sync::Mutex::new(()),
+        });
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.id, entry.clone());
+        entry
+    }
+
+    fn find(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
+        if id.is_empty() {
+            return Err(invalid("container_id", "is empty"));
+        }
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get(id) {
+            return Ok(entry.clone());
+        }
+        let mut matches = entries.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, entry)), None) => Ok(entry.clone()),
+            (Some(_), Some(_)) => Err(ContainerError::Ambiguous(quoted(id))),
+            (None, _) => Err(ContainerError::NotFound(quoted(id))),
+        }
+    }
+
+    /// Creates a container in `sandbox` from `config` and `image`: reserves
+    /// its name, mounts its root filesystem and writes its OCI bundle.
+    /// Nothing is left behind on failure.
+    pub async fn create(
+        &self,
+        sandbox: &SandboxRecord,
+        config: &cri::ContainerConfig,
+        image: Option<ImageRecord>,
+        snapshots: &SnapshotStore,
+    ) -> Result<String, ContainerError> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| invalid("config.metadata", "is missing"))?;
+        if meta.name.is_empty() || meta.name.contains('_') || meta.name.contains('/') {
+            return Err(invalid(
+                "config.metadata.name",
+                format!(
+                    "{} must be non-empty, without '_' or '/'",
+                    quoted(&meta.name)
+                ),
+            ));
+        }
+        let requested = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if requested.is_empty() {
+            return Err(invalid("config.image.image", "is empty"));
+        }
+        let image = image.ok_or_else(|| ContainerError::ImageNotFound(quoted(&requested)))?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(ContainerError::SandboxNotReady(sandbox.id.clone()));
+        }
+        let id = new_id()?;
+        let m = &sandbox.metadata;
+        let name = format!(
+            "{}_{}_{}_{}_{}",
+            meta.name, m.name, m.namespace, m.uid, meta.attempt
+        );
+        self.store.reserve_name(&name, &id).map_err(|e| match e {
+            StoreError::NameTaken { name, holder } => ContainerError::NameTaken { name, holder },
+            other => other.into(),
+        })?;
+        let log_path = match (sandbox.log_directory.as_str(), config.log_path.as_str()) {
+            (_, "") => String::new(),
+            ("", path) => path.to_string(),
+            (dir, path) => Path::new(dir).join(path).display().to_string(),
+        };
+        let record = ContainerRecord {
+            id: id.clone(),
+            name,
+            sandbox_id: sandbox.id.clone(),
+            metadata_name: meta.name.clone(),
+            attempt: meta.attempt,
+            image: requested,
+            image_id: image.id.to_string(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path,
+            mounts: config
+                .mounts
+                .iter()
+                .map(|m| MountRecord {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    recursive_read_only: m.recursive_read_only,
+                    propagation: m.propagation,
+                })
+                .collect(),
+            created_at: crate::image::now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            state: ContainerState::Created,
+            dir: self.config.root.join("containers").join(&id),
+            bundle: self.config.state.join("containers").join(&id),
+        };
+        match self.prepare(&record, sandbox, config, &image, snapshots) {
+            Ok(()) => {
+                self.store.put(Table::Containers, &id, &record)?;
+                self.insert(record);
+                tracing::info!(container = %id, sandbox = %sandbox.id, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                self.cleanup(&record);
+                let _ = self.store.release_name(&record.name, &id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Directories, root filesystem and bundle of a new container.
+    fn prepare(
+        &self,
+        record: &ContainerRecord,
+        sandbox: &SandboxRecord,
+        config: &cri::ContainerConfig,
+        image: &ImageRecord,
+        snapshots: &SnapshotStore,
+    ) -> Result<(), ContainerError> {
+        for dir in [&record.dir, &record.bundle] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(io_error("create directory", dir))?;
+        }
+        let lowerdirs = snapshots.lowerdirs(&image.chain_ids)?;
+        let rootfs = mount_rootfs(&record.dir, &lowerdirs)?;
+        let spec = build(&SpecInput {
+            id: &record.id,
+            config,
+            sandbox,
+            image: &image.config,
+            rootfs: &rootfs,
+            container_dir: &record.dir,
+            cgroup_driver: self.config.cgroup_driver,
+            swap_limit: false,
+            target_pid_namespace: None,
+        })?;
+        let path = record.bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| ContainerError::Io {
+            op: "encode",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, json).map_err(io_error("write", &path))?;
+        Ok(())
+    }
+
+    /// Unmounts and deletes what a container set up; best effort, logged.
+    fn cleanup(&self, record: &ContainerRecord) {
+        if let Err(e) = unmount_rootfs(&record.dir) {
+            tracing::warn!(container = %record.id, error = %e, "rootfs not unmounted");
+        }
+        for dir in [&record.bundle, &record.dir] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(container = %record.id, dir = %dir.display(), error = %e, "directory not removed")
+                }
+            }
+        }
+    }
+
+    /// Removes a container (full id or unique prefix): its root
+    /// filesystem, bundle, record and name. An unknown id is success.
+    pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let entry = match self.find(id) {
+            Ok(entry) => entry,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _op = entry.op.lock().await;
+        let record = entry.record();
+        if record.state == ContainerState::Running {
+            return Err(ContainerError::Unimplemented(
+                "removing a running container",
+            ));
+        }
+        self.cleanup(&record);
+        self.store.transaction(|tx| {
+            tx.delete(Table::Containers, &record.id)?;
+            if tx.get::<String>(Table::Names, &record.name)?.as_deref() == Some(record.id.as_str())
+            {
+                tx.delete(Table::Names, &record.name)?;
+            }
+            Ok(())
+        })?;
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&record.id);
+        tracing::info!(container = %record.id, "container removed");
+        Ok(())
+    }
+
+    /// A container's record, by full id or unique prefix.
+    pub fn status(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        Ok(self.find(id)?.record())
+    }
+
+    /// Every container the filter matches, oldest first.
+    pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        let mut out: Vec<ContainerRecord> = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| e.record())
+            .filter(|r| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|id| r.id.starts_with(id.as_str()))
+                    && filter.state.is_none_or(|s| s == r.state)
+                    && filter
+                        .sandbox_id
+                        .as_ref()
+                        .is_none_or(|s| r.sandbox_id.starts_with(s.as_str()))
+                    && filter
+                        .labels
+                        .iter()
+                        .all(|(k, v)| r.labels.get(k) == Some(v))
+            })
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// The ids of containers using image `image_id`.
+    pub fn using_image(&self, image_id: &str) -> Vec<String> {
+        self.list(&ContainerFilter::default())
+            .into_iter()
+            .filter(|r| r.image_id == image_id)
+            .map(|r| r.id)
+            .collect()
+    }
+}
+
+/// A new container id: 64 random hex digits.
+fn new_id() -> Result<String, ContainerError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ContainerError::Io {
+        op: "read random bytes for",
+        path: "container id".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(hex::encode(bytes))
+}

@@ -1,0 +1,84 @@
+//! What berth remembers of a container, stored in the `containers` table
+//! under its id.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A container's lifecycle state, as the CRI names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process exited.
+    Exited,
+    /// berth lost track of it.
+    Unknown,
+}
+
+/// A bind mount as ContainerStatus reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Recursively read-only.
+    pub recursive_read_only: bool,
+    /// Propagation as the CRI enum value.
+    pub propagation: i32,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 64 hex digits.
+    pub id: String,
+    /// The reserved name: `<name>_<pod>_<namespace>_<uid>_<attempt>`.
+    pub name: String,
+    /// The pod sandbox it belongs to.
+    pub sandbox_id: String,
+    /// The container's CRI name.
+    pub metadata_name: String,
+    /// The container's CRI attempt.
+    pub attempt: u32,
+    /// The image as the CreateContainer request named it.
+    pub image: String,
+    /// The image id (config digest).
+    pub image_id: String,
+    /// The image reference reported as `image_ref`: a repo digest of the
+    /// image when it has one, else its id.
+    pub image_ref: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The CRI log file (sandbox log directory + the config's log path),
+    /// empty when the kubelet asked for none.
+    pub log_path: String,
+    /// CRI mounts.
+    pub mounts: Vec<MountRecord>,
+    /// Creation time, nanoseconds since the epoch.
+    pub created_at: i64,
+    /// Start time, 0 until started.
+    pub started_at: i64,
+    /// Exit time, 0 until exited.
+    pub finished_at: i64,
+    /// Exit code.
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, ...
+    pub reason: String,
+    /// The termination message.
+    pub message: String,
+    /// State.
+    pub state: ContainerState,
+    /// Persistent directory: the writable layer and the rootfs mount point.
+    pub dir: PathBuf,
+    /// Runtime state directory: the OCI bundle (`config.json`).
+    pub bundle: PathBuf,
+}
