@@ -153,8 +153,52 @@ impl Daemon {
             .await?)
     }
 
-    /// StopPodSandbox: the pod's containers stop with it.
+    /// StartContainer with the runtime handler of the container's pod.
+    pub async fn start_container(&self, id: &str) -> Result<(), DaemonError> {
+        let container = self.containers.status(id)?;
+        let sandbox = self.sandboxes.get(&container.sandbox_id)?;
+        let (name, handler) = self
+            .config
+            .runtime_handler(&sandbox.runtime_handler)
+            .ok_or_else(|| SandboxError::UnknownHandler(sandbox.runtime_handler.clone()))?;
+        let root = handler
+            .runtime_root
+            .clone()
+            .unwrap_or_else(|| self.config.state.join("runtime").join(name));
+        Ok(self
+            .containers
+            .start(&container.id, &handler.runtime, &root)
+            .await?)
+    }
+
+    /// StopContainer: the image's stop signal, SIGKILL after `timeout`.
+    pub async fn stop_container(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), DaemonError> {
+        let signal = match self.containers.status(id) {
+            Ok(record) => record.stop_signal_number(),
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self.containers.stop(id, signal, timeout).await?)
+    }
+
+    /// StopPodSandbox: the pod's containers are killed first.
     pub async fn stop_sandbox(&self, id: &str) -> Result<(), DaemonError> {
+        if let Ok(sandbox) = self.sandboxes.get(id) {
+            let filter = ContainerFilter {
+                sandbox_id: Some(sandbox.id.clone()),
+                ..Default::default()
+            };
+            for container in self.containers.list(&filter) {
+                let kill = nix::libc::SIGKILL as u32;
+                self.containers
+                    .stop(&container.id, kill, std::time::Duration::ZERO)
+                    .await?;
+            }
+        }
         Ok(self.sandboxes.stop(id).await?)
     }
 
@@ -261,6 +305,7 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let path = self.config.grpc.address.clone();
         let listener = cri::bind_socket(&path, self.config.grpc.gid)?;
+        self.containers.recover().await;
         let (runtime, image) = cri::services(self.clone());
         tracing::info!(socket = %path.display(), version = crate::VERSION, "berthd serving CRI");
         notify_systemd("READY=1");

@@ -51,9 +51,12 @@ pub enum ContainerError {
         /// The container id holding it.
         holder: String,
     },
-    /// The operation needs berth-shim, which is not built yet.
-    #[error("{0} is not implemented by berth yet")]
-    Unimplemented(&'static str),
+    /// The container is not in a state that allows the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The container's shim failed or could not be reached.
+    #[error("shim: {0}")]
+    Shim(String),
     /// The OCI spec could not be built from the config.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -104,24 +107,29 @@ pub struct ContainerFilter {
 }
 
 /// One container in memory: its record and the lock its operations take.
-struct Entry {
+pub(super) struct Entry {
     record: Mutex<ContainerRecord>,
-    op: tokio::sync::Mutex<()>,
+    pub(super) op: tokio::sync::Mutex<()>,
 }
 
 impl Entry {
-    fn record(&self) -> ContainerRecord {
+    pub(super) fn record(&self) -> ContainerRecord {
         self.record
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Replaces the in-memory record (after it was stored).
+    pub(super) fn set(&self, record: ContainerRecord) {
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = record;
     }
 }
 
 /// The container service.
 pub struct Containers {
     config: Arc<Config>,
-    store: Store,
+    pub(super) store: Store,
     entries: RwLock<HashMap<String, Arc<Entry>>>,
 }
 
@@ -154,7 +162,16 @@ impl Containers {
         entry
     }
 
-    fn find(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
+    pub(super) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn find(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
         if id.is_empty() {
             return Err(invalid("container_id", "is empty"));
         }
@@ -254,6 +271,8 @@ impl Containers {
             reason: String::new(),
             message: String::new(),
             state: ContainerState::Created,
+            stop_signal: image.config.stop_signal.clone(),
+            shim_address: None,
             dir: self.config.root.join("containers").join(&id),
             bundle: self.config.state.join("containers").join(&id),
         };
@@ -336,12 +355,8 @@ impl Containers {
             Err(e) => return Err(e),
         };
         let _op = entry.op.lock().await;
+        self.end_task(&entry).await?;
         let record = entry.record();
-        if record.state == ContainerState::Running {
-            return Err(ContainerError::Unimplemented(
-                "removing a running container",
-            ));
-        }
         self.cleanup(&record);
         self.store.transaction(|tx| {
             tx.delete(Table::Containers, &record.id)?;

@@ -20,6 +20,7 @@ pub mod rootfs;
 mod seccomp_default;
 mod security;
 pub mod spec;
+mod task;
 mod user;
 
 pub use containers::{ContainerError, ContainerFilter, Containers};

@@ -77,8 +77,39 @@ pub struct ContainerRecord {
     pub message: String,
     /// State.
     pub state: ContainerState,
+    /// The image's stop signal (`SIGQUIT`, `15`, ...), empty for SIGTERM.
+    #[serde(default)]
+    pub stop_signal: String,
+    /// Address of the container's shim once started.
+    #[serde(default)]
+    pub shim_address: Option<String>,
     /// Persistent directory: the writable layer and the rootfs mount point.
     pub dir: PathBuf,
     /// Runtime state directory: the OCI bundle (`config.json`).
     pub bundle: PathBuf,
+}
+
+impl ContainerRecord {
+    /// The signal StopContainer sends first: the image's stop signal, else
+    /// SIGTERM.
+    pub fn stop_signal_number(&self) -> u32 {
+        let name = self.stop_signal.trim();
+        if let Ok(n) = name.parse::<u32>() {
+            return n;
+        }
+        let name = name.to_ascii_uppercase();
+        let name = name.strip_prefix("SIG").unwrap_or(&name);
+        let number = match name {
+            "HUP" => nix::libc::SIGHUP,
+            "INT" => nix::libc::SIGINT,
+            "QUIT" => nix::libc::SIGQUIT,
+            "KILL" => nix::libc::SIGKILL,
+            "USR1" => nix::libc::SIGUSR1,
+            "USR2" => nix::libc::SIGUSR2,
+            "WINCH" => nix::libc::SIGWINCH,
+            "STOP" => nix::libc::SIGSTOP,
+            _ => nix::libc::SIGTERM,
+        };
+        number as u32
+    }
 }

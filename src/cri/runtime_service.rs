@@ -255,10 +255,15 @@ impl RuntimeService for RuntimeApi {
 
     async fn start_container(
         &self,
-        _: Request<StartContainerRequest>,
+        request: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
         traced("StartContainer", async {
-            Err(unimplemented("StartContainer"))
+            self.daemon
+                .start_container(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(StartContainerResponse {})
         })
         .await
     }
@@ -267,18 +272,14 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        let id = request.into_inner().container_id;
+        let request = request.into_inner();
         traced("StopContainer", async {
-            // Nothing runs yet: a created or unknown container is stopped.
-            match self.daemon.containers().status(&id) {
-                Ok(record) if record.state == crate::container::ContainerState::Running => {
-                    Err(unimplemented("StopContainer of a running container"))
-                }
-                Ok(_) | Err(crate::container::ContainerError::NotFound(_)) => {
-                    Ok(StopContainerResponse {})
-                }
-                Err(e) => Err(e.into_status()),
-            }
+            let timeout = std::time::Duration::from_secs(request.timeout.max(0) as u64);
+            self.daemon
+                .stop_container(&request.container_id, timeout)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(StopContainerResponse {})
         })
         .await
     }

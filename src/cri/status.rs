@@ -134,7 +134,8 @@ impl IntoStatus for ContainerError {
             }
             ContainerError::SandboxNotReady(_) => Status::failed_precondition(message),
             ContainerError::NameTaken { .. } => Status::already_exists(message),
-            ContainerError::Unimplemented(_) => Status::unimplemented(message),
+            ContainerError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ContainerError::Shim(_) => Status::internal(message),
             ContainerError::Spec(e) => match e {
                 crate::container::SpecError::InvalidArgument { .. } => {
                     Status::invalid_argument(message)

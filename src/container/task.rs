@@ -1,0 +1,283 @@
+//! A container's process, through its `berth-shim`: StartContainer starts
+//! a shim and has it create and start the OCI task; a waiter records the
+//! exit; StopContainer signals, waits, then kills; removal deletes the task
+//! and shuts the shim down. After a berthd restart, running containers are
+//! found again through their shim's address, or through the exit file the
+//! shim writes before it reports an exit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::containers::{ContainerError, Containers, Entry};
+use super::record::{ContainerRecord, ContainerState};
+use crate::shim_client::{self, CreateTask, ShimClient, TaskExit, TaskOptions, TaskStatus};
+use crate::store::{Store, Table};
+
+/// The namespace berth's shims run in.
+const SHIM_NAMESPACE: &str = "berth";
+/// The shim binary's name.
+const SHIM_BINARY: &str = "berth-shim";
+
+/// The shim binary: next to berthd's own executable, else from `PATH`.
+pub fn shim_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(SHIM_BINARY)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| SHIM_BINARY.into())
+}
+
+/// The shim's state directory for a container.
+pub fn shim_dir(record: &ContainerRecord) -> PathBuf {
+    record.bundle.join("shim")
+}
+
+fn shim_error(e: shim_client::ShimClientError) -> ContainerError {
+    ContainerError::Shim(e.to_string())
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes an exit into the record (store first, then memory).
+fn record_exit(store: &Store, entry: &Entry, exit: &TaskExit) {
+    let mut record = entry.record();
+    if record.state == ContainerState::Exited {
+        return;
+    }
+    record.state = ContainerState::Exited;
+    record.exit_code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
+    record.finished_at = nanos(exit.exited_at);
+    record.reason = if exit.exit_status == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+    .into();
+    if let Err(e) = store.put(Table::Containers, &record.id, &record) {
+        tracing::error!(container = %record.id, error = %e, "exit not recorded");
+    }
+    tracing::info!(container = %record.id, exit_code = record.exit_code, "container exited");
+    entry.set(record);
+}
+
+/// Waits for the task's exit through `client` and records it.
+fn spawn_waiter(store: Store, entry: Arc<Entry>, client: ShimClient, id: String) {
+    tokio::spawn(async move {
+        match client.wait(&id).await {
+            Ok(exit) => record_exit(&store, &entry, &exit),
+            Err(e) => {
+                // The shim went away: its exit file has the answer if the
+                // task exited first.
+                let dir = shim_dir(&entry.record());
+                match shim_client::read_exit_file(&dir) {
+                    Ok(Some(exit)) => record_exit(&store, &entry, &exit),
+                    _ => tracing::warn!(container = %id, error = %e, "lost the container's shim"),
+                }
+            }
+        }
+    });
+}
+
+impl Containers {
+    /// StartContainer: a shim for the container creates and starts its
+    /// task with the pod's runtime handler.
+    pub async fn start(
+        &self,
+        id: &str,
+        runtime: &Path,
+        runtime_root: &Path,
+    ) -> Result<(), ContainerError> {
+        let entry = self.find(id)?;
+        let _op = entry.op.lock().await;
+        let mut record = entry.record();
+        if record.state != ContainerState::Created {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                record.id, record.state
+            )));
+        }
+        let dir = shim_dir(&record);
+        let client = shim_client::start(&shim_binary(), SHIM_NAMESPACE, &record.id, &dir)
+            .await
+            .map_err(shim_error)?;
+        let log = (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path));
+        if let Some(parent) = log.as_ref().and_then(|l| l.parent()) {
+            std::fs::create_dir_all(parent).map_err(|source| ContainerError::Io {
+                op: "create log directory",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let task = CreateTask {
+            id: record.id.clone(),
+            bundle: record.bundle.clone(),
+            stdout: log.clone(),
+            stderr: log,
+            options: TaskOptions::Runc {
+                binary: Some(runtime.to_path_buf()),
+                root: Some(runtime_root.to_path_buf()),
+            },
+        };
+        let started = async {
+            client.create(&task).await?;
+            client.start(&record.id).await
+        }
+        .await;
+        if let Err(e) = started {
+            let _ = client.delete(&record.id).await;
+            let _ = client.shutdown(&record.id).await;
+            return Err(shim_error(e));
+        }
+        record.state = ContainerState::Running;
+        record.started_at = crate::image::now_nanos();
+        record.shim_address = Some(client.address().to_string());
+        self.store.put(Table::Containers, &record.id, &record)?;
+        entry.set(record.clone());
+        spawn_waiter(self.store.clone(), entry.clone(), client, record.id.clone());
+        tracing::info!(container = %record.id, "container started");
+        Ok(())
+    }
+
+    /// StopContainer: `signal` (the image's stop signal, SIGTERM by
+    /// default), then SIGKILL after `timeout`. A container that is not
+    /// running, or unknown, is already stopped.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: u32,
+        timeout: Duration,
+    ) -> Result<(), ContainerError> {
+        let entry = match self.find(id) {
+            Ok(entry) => entry,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _op = entry.op.lock().await;
+        self.stop_locked(&entry, signal, timeout).await
+    }
+
+    async fn stop_locked(
+        &self,
+        entry: &Entry,
+        signal: u32,
+        timeout: Duration,
+    ) -> Result<(), ContainerError> {
+        let record = entry.record();
+        if record.state != ContainerState::Running {
+            return Ok(());
+        }
+        let client = self.client(&record).await?;
+        if !timeout.is_zero() {
+            let _ = client.kill(&record.id, signal, false).await;
+            if wait_exited(entry, timeout).await {
+                return Ok(());
+            }
+        }
+        client
+            .kill(&record.id, nix::libc::SIGKILL as u32, true)
+            .await
+            .or_else(|e| match e {
+                shim_client::ShimClientError::NotFound(_) => Ok(()),
+                other => Err(other),
+            })
+            .map_err(shim_error)?;
+        if !wait_exited(entry, Duration::from_secs(10)).await {
+            // The waiter may have lost its connection: ask directly.
+            let state = client.state(&record.id).await.map_err(shim_error)?;
+            if let (TaskStatus::Stopped, Some(exit)) = (state.status, state.exit) {
+                record_exit(&self.store, entry, &exit);
+            } else {
+                return Err(ContainerError::Shim(format!(
+                    "container {} did not exit after SIGKILL",
+                    record.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the container's task and shim before the container is removed:
+    /// kills it if it runs, deletes the task, shuts the shim down.
+    pub(super) async fn end_task(&self, entry: &Entry) -> Result<(), ContainerError> {
+        let record = entry.record();
+        if record.shim_address.is_none() {
+            return Ok(());
+        }
+        self.stop_locked(entry, nix::libc::SIGKILL as u32, Duration::ZERO)
+            .await?;
+        match self.client(&record).await {
+            Ok(client) => {
+                let _ = client.delete(&record.id).await;
+                let _ = client.shutdown(&record.id).await;
+            }
+            Err(e) => tracing::debug!(container = %record.id, error = %e, "shim already gone"),
+        }
+        Ok(())
+    }
+
+    async fn client(&self, record: &ContainerRecord) -> Result<ShimClient, ContainerError> {
+        let address = record
+            .shim_address
+            .as_deref()
+            .ok_or_else(|| ContainerError::Shim(format!("container {} has no shim", record.id)))?;
+        shim_client::connect(address).await.map_err(shim_error)
+    }
+
+    /// After a berthd restart: reconnects to the shim of every running
+    /// container and waits for its exit again; an exit that happened while
+    /// berthd was down is recorded from the shim (or its exit file).
+    pub async fn recover(&self) {
+        let entries: Vec<Arc<Entry>> = self.entries().into_iter().collect();
+        for entry in entries {
+            let record = entry.record();
+            if record.state != ContainerState::Running {
+                continue;
+            }
+            match self.client(&record).await {
+                Ok(client) => match client.state(&record.id).await {
+                    Ok(state) if state.status == TaskStatus::Stopped => {
+                        if let Some(exit) = state.exit {
+                            record_exit(&self.store, &entry, &exit);
+                        }
+                    }
+                    Ok(_) => {
+                        spawn_waiter(self.store.clone(), entry.clone(), client, record.id.clone())
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %record.id, error = %e, "shim does not know the task")
+                    }
+                },
+                Err(_) => match shim_client::read_exit_file(&shim_dir(&record)) {
+                    Ok(Some(exit)) => record_exit(&self.store, &entry, &exit),
+                    _ => {
+                        let exit = TaskExit {
+                            exit_status: 255,
+                            exited_at: SystemTime::now(),
+                        };
+                        record_exit(&self.store, &entry, &exit);
+                        tracing::warn!(container = %record.id, "shim and exit file gone; container marked exited");
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Polls until the container is recorded as exited; `false` on timeout.
+async fn wait_exited(entry: &Entry, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if entry.record().state == ContainerState::Exited {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
