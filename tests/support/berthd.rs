@@ -276,18 +276,19 @@ impl Berthd {
     }
 }
 
-/// Builds `berth-pause` next to the berthd binary when a test run did not
-/// build the whole workspace.
+/// Builds `berth-pause` and `berth-shim` next to the berthd binary when a
+/// test run did not build the whole workspace.
 fn ensure_pause_binary() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
-        let beside = Path::new(env!("CARGO_BIN_EXE_berthd")).with_file_name("berth-pause");
-        if beside.is_file() {
+        let dir = Path::new(env!("CARGO_BIN_EXE_berthd"));
+        let beside = dir.with_file_name("berth-pause");
+        if beside.is_file() && dir.with_file_name("berth-shim").is_file() {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "berth-shim", "--bin", "berth-pause"])
+            .args(["build", "-p", "berth-shim", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for berth-pause");
