@@ -264,8 +264,8 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
         .into_inner()
         .containers;
     assert_eq!(
-        listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-        [quick.clone()]
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [quick.as_str()]
     );
 
     rt.stop_pod_sandbox(StopPodSandboxRequest {
