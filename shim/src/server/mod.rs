@@ -18,6 +18,7 @@
 //! - `shim.log`: the shim's stderr.
 
 mod args;
+mod cri_log;
 mod delete;
 mod monitor;
 mod record;

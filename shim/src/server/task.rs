@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -234,8 +234,16 @@ impl Supervisor {
             pid_file.clone().into(),
             spec.id.clone().into(),
         ]);
-        let stdout = open_output(&spec.stdout)?;
-        let stderr = open_output(&spec.stderr)?;
+        // One file for both streams is the kubelet's CRI log: the shim
+        // writes it in the CRI format through pipes it drains itself.
+        let (stdout, stderr) = if !spec.stdout.is_empty() && spec.stdout == spec.stderr {
+            let (out, err) = super::cri_log::start(Path::new(&spec.stdout)).map_err(|e| {
+                TaskError::InvalidArgument(format!("cannot open log {}: {e}", spec.stdout))
+            })?;
+            (Stdio::from(out), Stdio::from(err))
+        } else {
+            (open_output(&spec.stdout)?, open_output(&spec.stderr)?)
+        };
         self.runc(runner, &args, stdout, stderr)?;
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
