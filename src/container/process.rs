@@ -48,7 +48,7 @@ pub fn build(input: &SpecInput<'_>, security: &Security) -> Result<Process, Spec
     );
     process.set_capabilities(Some(security.capabilities.clone()));
     process.set_no_new_privileges(Some(security.no_new_privileges));
-    process.set_oom_score_adj(Some(oom_score_adj));
+    process.set_oom_score_adj(Some(restrict_oom_score_adj(oom_score_adj)));
     // Limits are the shim's, as with containerd's CRI: the kubelet sets
     // none and a fixed default (1024 open files) breaks real workloads.
     process.set_rlimits(None);
@@ -161,6 +161,28 @@ fn cwd(
         .join(&image.working_dir)
         .to_string_lossy()
         .into_owned())
+}
+
+/// A process may not lower its own `oom_score_adj` without
+/// CAP_SYS_RESOURCE, and runc's init inherits berthd's: without that
+/// capability a lower request is raised to berthd's own value (as
+/// containerd's `restrict_oom_score_adj` does) instead of failing the start.
+fn restrict_oom_score_adj(requested: i32) -> i32 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    if effective & (1 << CAP_SYS_RESOURCE) != 0 {
+        return requested;
+    }
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(requested);
+    requested.max(own)
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ fn capabilities(
     privileged: bool,
 ) -> Result<LinuxCapabilities, SpecError> {
     let mut set: Capabilities = if privileged {
-        ALL_CAPABILITIES.iter().copied().collect()
+        all_in_bounding_set()
     } else {
         DEFAULT_CAPABILITIES.iter().copied().collect()
     };
@@ -189,7 +189,7 @@ fn capabilities(
         let is_all = |c: &String| c.eq_ignore_ascii_case("ALL");
         if !privileged {
             if caps.add_capabilities.iter().any(is_all) {
-                set = ALL_CAPABILITIES.iter().copied().collect();
+                set = all_in_bounding_set();
             }
             if caps.drop_capabilities.iter().any(is_all) {
                 set.clear();
@@ -217,6 +217,73 @@ fn capabilities(
         .inheritable(ambient.clone())
         .ambient(ambient)
         .build()?)
+}
+
+/// "All capabilities": every one berthd's own bounding set holds. A
+/// container can never get more, and asking runc for more fails the start
+/// on hosts that restrict the bounding set.
+fn all_in_bounding_set() -> Capabilities {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| bounding & (1u64 << number(*c)) != 0)
+        .collect()
+}
+
+/// The kernel's number of a capability (`linux/capability.h`).
+fn number(c: Capability) -> u32 {
+    use Capability::*;
+    match c {
+        Chown => 0,
+        DacOverride => 1,
+        DacReadSearch => 2,
+        Fowner => 3,
+        Fsetid => 4,
+        Kill => 5,
+        Setgid => 6,
+        Setuid => 7,
+        Setpcap => 8,
+        LinuxImmutable => 9,
+        NetBindService => 10,
+        NetBroadcast => 11,
+        NetAdmin => 12,
+        NetRaw => 13,
+        IpcLock => 14,
+        IpcOwner => 15,
+        SysModule => 16,
+        SysRawio => 17,
+        SysChroot => 18,
+        SysPtrace => 19,
+        SysPacct => 20,
+        SysAdmin => 21,
+        SysBoot => 22,
+        SysNice => 23,
+        SysResource => 24,
+        SysTime => 25,
+        SysTtyConfig => 26,
+        Mknod => 27,
+        Lease => 28,
+        AuditWrite => 29,
+        AuditControl => 30,
+        Setfcap => 31,
+        MacOverride => 32,
+        MacAdmin => 33,
+        Syslog => 34,
+        WakeAlarm => 35,
+        BlockSuspend => 36,
+        AuditRead => 37,
+        Perfmon => 38,
+        Bpf => 39,
+        CheckpointRestore => 40,
+    }
 }
 
 /// `CAP_NET_ADMIN`, `NET_ADMIN` or `net_admin`.
@@ -417,13 +484,24 @@ mod tests {
     }
 
     #[test]
+    fn capability_numbers_are_the_kernels() {
+        assert_eq!(number(Capability::Chown), 0);
+        assert_eq!(number(Capability::SysAdmin), 21);
+        assert_eq!(number(Capability::CheckpointRestore), 40);
+        let numbers: std::collections::BTreeSet<u32> =
+            ALL_CAPABILITIES.iter().map(|c| number(*c)).collect();
+        assert_eq!(numbers.len(), ALL_CAPABILITIES.len(), "distinct");
+        assert!(!all_in_bounding_set().is_empty());
+    }
+
+    #[test]
     fn all_capability_math() {
         assert_eq!(
             effective(&caps(&["ALL"], &[]), false).len(),
-            ALL_CAPABILITIES.len()
+            all_in_bounding_set().len()
         );
         let set = effective(&caps(&["ALL"], &["CHOWN"]), false);
-        assert_eq!(set.len(), ALL_CAPABILITIES.len() - 1);
+        assert_eq!(set.len(), all_in_bounding_set().len() - 1);
         assert!(!set.contains(&Capability::Chown));
         let set = effective(&caps(&["NET_BIND_SERVICE"], &["ALL"]), false);
         assert_eq!(set, [Capability::NetBindService].into());
@@ -461,7 +539,7 @@ mod tests {
         let s = build(Some(&sc), true).expect("security");
         assert_eq!(
             s.capabilities.effective().as_ref().map(|c| c.len()),
-            Some(ALL_CAPABILITIES.len())
+            Some(all_in_bounding_set().len())
         );
         assert!(s.masked_paths.is_empty() && s.readonly_paths.is_empty());
         assert!(s.seccomp.is_none());

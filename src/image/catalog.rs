@@ -93,10 +93,10 @@ impl Catalog {
     /// digest (`busybox`, `docker.io/library/busybox:1.36`, `…@sha256:…`).
     pub fn resolve(&self, spec: &str) -> Option<ImageRecord> {
         let index = self.read();
-        if let Ok(id) = Digest::parse(spec) {
-            if let Some(record) = index.images.get(&id) {
-                return Some(record.clone());
-            }
+        if let Ok(id) = Digest::parse(spec)
+            && let Some(record) = index.images.get(&id)
+        {
+            return Some(record.clone());
         }
         let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
         if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
