@@ -54,6 +54,9 @@ pub enum ContainerError {
     /// The container is not in a state that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An exec ran past its timeout and was killed.
+    #[error("command timed out after {0:?}")]
+    Timeout(std::time::Duration),
     /// The container's shim failed or could not be reached.
     #[error("shim: {0}")]
     Shim(String),
@@ -423,6 +426,17 @@ fn new_id() -> Result<String, ContainerError> {
     getrandom::fill(&mut bytes).map_err(|e| ContainerError::Io {
         op: "read random bytes for",
         path: "container id".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(hex::encode(bytes))
+}
+
+/// A new exec id: 16 random hex digits.
+pub(super) fn new_exec_id() -> Result<String, ContainerError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| ContainerError::Io {
+        op: "read random bytes for",
+        path: "exec id".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(hex::encode(bytes))

@@ -28,3 +28,4 @@ pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 pub use record::{ContainerRecord, ContainerState, MountRecord};
 pub use resources::cgroups_path;
 pub use spec::{SpecError, SpecInput, build as build_spec};
+pub use task::{ExecOutput, MAX_EXEC_OUTPUT};

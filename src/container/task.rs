@@ -281,3 +281,108 @@ async fn wait_exited(entry: &Entry, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// What an ExecSync returns.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Everything the command wrote on stdout (cut at [`MAX_EXEC_OUTPUT`]).
+    pub stdout: Vec<u8>,
+    /// Everything it wrote on stderr (cut likewise).
+    pub stderr: Vec<u8>,
+    /// Its exit code.
+    pub exit_code: i32,
+}
+
+/// The most output of one stream ExecSync returns: the reply must stay
+/// under the 16 MiB message limit.
+pub const MAX_EXEC_OUTPUT: usize = 7 * 1024 * 1024;
+
+impl Containers {
+    /// ExecSync: runs `cmd` in the running container through its shim and
+    /// returns its output and exit code; past `timeout` (if any) it is
+    /// killed and the call fails with [`ContainerError::Timeout`].
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, ContainerError> {
+        if cmd.is_empty() {
+            return Err(ContainerError::InvalidArgument {
+                field: "cmd".into(),
+                reason: "is empty".into(),
+            });
+        }
+        let record = self.find(id)?.record();
+        if record.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        let process = exec_process(&record, cmd)?;
+        let exec_id = super::containers::new_exec_id()?;
+        let out = record.bundle.join(format!("exec-{exec_id}.out"));
+        let err = record.bundle.join(format!("exec-{exec_id}.err"));
+        let client = self.client(&record).await?;
+        let result = async {
+            client
+                .exec(&record.id, &exec_id, process, &out, &err)
+                .await
+                .map_err(shim_error)?;
+            client
+                .start_exec(&record.id, &exec_id)
+                .await
+                .map_err(shim_error)?;
+            let waited = match timeout {
+                Some(t) => tokio::time::timeout(t, client.wait_exec(&record.id, &exec_id)).await,
+                None => Ok(client.wait_exec(&record.id, &exec_id).await),
+            };
+            match waited {
+                Ok(exit) => exit.map_err(shim_error),
+                Err(_) => {
+                    let _ = client
+                        .kill_exec(&record.id, &exec_id, nix::libc::SIGKILL as u32)
+                        .await;
+                    let _ = client.wait_exec(&record.id, &exec_id).await;
+                    Err(ContainerError::Timeout(timeout.unwrap_or_default()))
+                }
+            }
+        }
+        .await;
+        let _ = client.delete_exec(&record.id, &exec_id).await;
+        let read = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap_or_default();
+            bytes.truncate(MAX_EXEC_OUTPUT);
+            let _ = std::fs::remove_file(path);
+            bytes
+        };
+        let (stdout, stderr) = (read(&out), read(&err));
+        let exit = result?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code: i32::try_from(exit.exit_status).unwrap_or(i32::MAX),
+        })
+    }
+}
+
+/// The container's own process spec (user, env, cwd, capabilities, ...)
+/// with `cmd` as its arguments and no terminal.
+fn exec_process(record: &ContainerRecord, cmd: &[String]) -> Result<Vec<u8>, ContainerError> {
+    let path = record.bundle.join("config.json");
+    let io = |source: std::io::Error| ContainerError::Io {
+        op: "read",
+        path: path.clone(),
+        source,
+    };
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).map_err(io)?)
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    let mut process = spec
+        .get("process")
+        .cloned()
+        .ok_or_else(|| io(std::io::Error::other("config.json has no process")))?;
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(false);
+    serde_json::to_vec(&process).map_err(|e| io(std::io::Error::other(e)))
+}

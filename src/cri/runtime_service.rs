@@ -381,9 +381,25 @@ impl RuntimeService for RuntimeApi {
 
     async fn exec_sync(
         &self,
-        _: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        traced("ExecSync", async { Err(unimplemented("ExecSync")) }).await
+        let request = request.into_inner();
+        traced("ExecSync", async {
+            let timeout = (request.timeout > 0)
+                .then(|| std::time::Duration::from_secs(request.timeout as u64));
+            let out = self
+                .daemon
+                .containers()
+                .exec_sync(&request.container_id, &request.cmd, timeout)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            })
+        })
+        .await
     }
 
     async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

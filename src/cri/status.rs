@@ -136,6 +136,7 @@ impl IntoStatus for ContainerError {
             ContainerError::NameTaken { .. } => Status::already_exists(message),
             ContainerError::FailedPrecondition(_) => Status::failed_precondition(message),
             ContainerError::Shim(_) => Status::internal(message),
+            ContainerError::Timeout(_) => Status::deadline_exceeded(message),
             ContainerError::Spec(e) => match e {
                 crate::container::SpecError::InvalidArgument { .. } => {
                     Status::invalid_argument(message)

@@ -385,6 +385,73 @@ impl ShimClient {
         })
     }
 
+    /// Registers an exec process: `process` is an OCI process spec (JSON);
+    /// its output goes to the two files.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<(), ShimClientError> {
+        let mut req = api::ExecProcessRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.stdout = stdout.to_string_lossy().into_owned();
+        req.stderr = stderr.to_string_lossy().into_owned();
+        let mut spec = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        spec.value = process;
+        req.spec = MessageField::some(spec);
+        self.task.exec(call_context(), &req).await?;
+        Ok(())
+    }
+
+    /// Starts a registered exec process; returns its pid.
+    pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32, ShimClientError> {
+        let mut req = api::StartRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        Ok(self.task.start(call_context(), &req).await?.pid)
+    }
+
+    /// Blocks (without a timeout) until the exec process exits.
+    pub async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<TaskExit, ShimClientError> {
+        let mut req = api::WaitRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        let resp = self.task.wait(context::Context::default(), &req).await?;
+        Ok(TaskExit {
+            exit_status: resp.exit_status,
+            exited_at: time(&resp.exited_at),
+        })
+    }
+
+    /// Signals the exec process.
+    pub async fn kill_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+    ) -> Result<(), ShimClientError> {
+        let mut req = api::KillRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.signal = signal;
+        self.task.kill(call_context(), &req).await?;
+        Ok(())
+    }
+
+    /// Forgets the exited exec process.
+    pub async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<(), ShimClientError> {
+        let mut req = api::DeleteRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        self.task.delete(call_context(), &req).await?;
+        Ok(())
+    }
+
     /// The task's processes.
     pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ShimClientError> {
         let mut req = api::PidsRequest::new();

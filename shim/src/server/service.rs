@@ -127,9 +127,12 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
-        no_exec(&req.exec_id)?;
         let mut resp = api::StartResponse::new();
-        resp.pid = pid(self.supervisor.start(&req.id)?);
+        resp.pid = if req.exec_id.is_empty() {
+            pid(self.supervisor.start(&req.id)?)
+        } else {
+            pid(self.supervisor.exec_start(&req.id, &req.exec_id)?)
+        };
         Ok(resp)
     }
 
@@ -158,14 +161,21 @@ impl Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        no_exec(&req.exec_id)?;
-        self.supervisor.kill(&req.id, req.signal, req.all)?;
+        if req.exec_id.is_empty() {
+            self.supervisor.kill(&req.id, req.signal, req.all)?;
+        } else {
+            self.supervisor
+                .exec_kill(&req.id, &req.exec_id, req.signal)?;
+        }
         Ok(Empty::new())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let exit = self.supervisor.wait(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            self.supervisor.wait(&req.id)?
+        } else {
+            self.supervisor.exec_wait(&req.id, &req.exec_id)?
+        };
         let mut resp = api::WaitResponse::new();
         (resp.exit_status, resp.exited_at) = exit_fields(&exit);
         Ok(resp)
@@ -176,8 +186,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
-        let exit = self.supervisor.delete(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            self.supervisor.delete(&req.id)?
+        } else {
+            self.supervisor.exec_delete(&req.id, &req.exec_id)?
+        };
         let mut resp = api::DeleteResponse::new();
         resp.pid = pid(exit.pid);
         (resp.exit_status, resp.exited_at) = exit_fields(&exit);
@@ -242,8 +255,24 @@ impl Task for Service {
         unimplemented("Checkpoint")
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Exec")
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
+        if req.terminal || !req.stdin.is_empty() {
+            return unimplemented("Exec with a terminal or stdin");
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.clone())
+            .unwrap_or_default();
+        if spec.is_empty() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "exec: the process spec is empty".to_string(),
+            ));
+        }
+        self.supervisor
+            .exec_add(&req.id, &req.exec_id, spec, req.stdout, req.stderr)?;
+        Ok(Empty::new())
     }
 
     fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {

@@ -84,6 +84,18 @@ pub(crate) struct TaskView {
 struct Task {
     view: TaskView,
     runner: Runner,
+    /// Exec processes by exec id.
+    execs: std::collections::HashMap<String, ExecProcess>,
+}
+
+/// An extra process run in the task's container (`runc exec`).
+struct ExecProcess {
+    /// The OCI process spec, JSON.
+    spec: Vec<u8>,
+    stdout: String,
+    stderr: String,
+    pid: Option<i32>,
+    exit: Option<ExitRecord>,
 }
 
 /// Supervises the shim's one task.
@@ -198,6 +210,7 @@ impl Supervisor {
                 stderr: spec.stderr,
             },
             runner,
+            execs: std::collections::HashMap::new(),
         });
         Ok(pid)
     }
@@ -446,6 +459,187 @@ impl Supervisor {
                 Ok(())
             }
         }
+    }
+
+    /// Registers an exec process in a running runc task.
+    pub(crate) fn exec_add(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: Vec<u8>,
+        stdout: String,
+        stderr: String,
+    ) -> Result<(), TaskError> {
+        if exec_id.is_empty()
+            || exec_id.len() > 64
+            || !exec_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec id {exec_id:?}: 1-64 letters, digits, '-' or '_'"
+            )));
+        }
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        if !matches!(task.runner, Runner::Runc { .. }) || task.view.status != Status::Running {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {id:?} is not a running container"
+            )));
+        }
+        if task.execs.contains_key(exec_id) {
+            return Err(TaskError::AlreadyExists(format!("exec {exec_id:?} exists")));
+        }
+        task.execs.insert(
+            exec_id.to_owned(),
+            ExecProcess {
+                spec,
+                stdout,
+                stderr,
+                pid: None,
+                exit: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a registered exec process (`runc exec --detach`); a thread
+    /// records its exit. Returns its pid.
+    pub(crate) fn exec_start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<i32, TaskError> {
+        let (runner, spec, stdout, stderr) = {
+            let mut guard = self.lock();
+            let task = Self::get(&mut guard, id)?;
+            let exec = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+            if exec.pid.is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "exec {exec_id:?} already started"
+                )));
+            }
+            (
+                task.runner.clone(),
+                exec.spec.clone(),
+                exec.stdout.clone(),
+                exec.stderr.clone(),
+            )
+        };
+        let spec_file = self.state_dir.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.state_dir.join(format!("exec-{exec_id}.pid"));
+        std::fs::write(&spec_file, &spec).map_err(|e| {
+            TaskError::Internal(format!("cannot write {}: {e}", spec_file.display()))
+        })?;
+        // Subscribed before the process exists: its exit cannot be missed.
+        let cursor = self.monitor.subscribe();
+        let args: Vec<OsString> = vec![
+            "exec".into(),
+            "--detach".into(),
+            "--process".into(),
+            spec_file.clone().into(),
+            "--pid-file".into(),
+            pid_file.clone().into(),
+            id.into(),
+        ];
+        let started = self.runc(&runner, &args, open_output(&stdout)?, open_output(&stderr)?);
+        let _ = std::fs::remove_file(&spec_file);
+        started?;
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| {
+                TaskError::Internal(format!("runc exec left no pid in {}", pid_file.display()))
+            })?;
+        let _ = std::fs::remove_file(&pid_file);
+        {
+            let mut guard = self.lock();
+            if let Ok(task) = Self::get(&mut guard, id)
+                && let Some(exec) = task.execs.get_mut(exec_id)
+            {
+                exec.pid = Some(pid);
+            }
+        }
+        let supervisor = Arc::clone(self);
+        let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
+        std::thread::Builder::new()
+            .name("exec-wait".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let exit = cursor.wait(pid);
+                let mut guard = supervisor.lock();
+                if let Ok(task) = Self::get(&mut guard, &id)
+                    && let Some(exec) = task.execs.get_mut(&exec_id)
+                {
+                    exec.exit = Some(exit);
+                }
+                drop(guard);
+                supervisor.changed.notify_all();
+            })
+            .map_err(|e| TaskError::Internal(format!("cannot start the exec watcher: {e}")))?;
+        Ok(pid)
+    }
+
+    /// Blocks until the exec process has exited.
+    pub(crate) fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitRecord, TaskError> {
+        let mut guard = self.lock();
+        loop {
+            let task = Self::get(&mut guard, id)?;
+            let exec = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+            if let Some(exit) = exec.exit {
+                return Ok(exit);
+            }
+            guard = self
+                .changed
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Signals the exec process.
+    pub(crate) fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), TaskError> {
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        let exec = task
+            .execs
+            .get(exec_id)
+            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+        let (Some(pid), None) = (exec.pid, exec.exit) else {
+            return Err(TaskError::NotFound(format!(
+                "exec {exec_id:?} is not running"
+            )));
+        };
+        let signal = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| TaskError::InvalidArgument(format!("invalid signal {signal}")))?;
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| TaskError::Internal(format!("cannot signal exec pid {pid}: {e}")))
+    }
+
+    /// Forgets an exec process that has exited (or never started).
+    pub(crate) fn exec_delete(&self, id: &str, exec_id: &str) -> Result<ExitRecord, TaskError> {
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        let exec = task
+            .execs
+            .get(exec_id)
+            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+        if exec.pid.is_some() && exec.exit.is_none() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "exec {exec_id:?} is running"
+            )));
+        }
+        let exit = exec.exit.unwrap_or(ExitRecord {
+            pid: 0,
+            exit_status: 0,
+            signal: None,
+            exited_at: std::time::SystemTime::now(),
+        });
+        task.execs.remove(exec_id);
+        Ok(exit)
     }
 
     /// Blocks until the task's init has exited (and its exit is on disk).
