@@ -227,7 +227,9 @@ async fn run_inspect_list_stop_remove() {
     let shm = PathBuf::from(info["stateDir"].as_str().expect("state dir")).join("shm");
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     assert!(
-        mounts.lines().any(|l| l.contains(&shm.display().to_string()) && l.contains("tmpfs")),
+        mounts
+            .lines()
+            .any(|l| l.contains(&shm.display().to_string()) && l.contains("tmpfs")),
         "pod /dev/shm tmpfs at {}",
         shm.display()
     );
