@@ -276,6 +276,11 @@ impl Containers {
             state: ContainerState::Created,
             stop_signal: image.config.stop_signal.clone(),
             shim_address: None,
+            cgroup: crate::cgroup::object_path(
+                self.config.cgroup_driver,
+                &sandbox.cgroup_parent,
+                &id,
+            ),
             dir: self.config.root.join("containers").join(&id),
             bundle: self.config.state.join("containers").join(&id),
         };

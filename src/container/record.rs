@@ -83,6 +83,9 @@ pub struct ContainerRecord {
     /// Address of the container's shim once started.
     #[serde(default)]
     pub shim_address: Option<String>,
+    /// The container's cgroup, relative to the hierarchies' roots.
+    #[serde(default)]
+    pub cgroup: String,
     /// Persistent directory: the writable layer and the rootfs mount point.
     pub dir: PathBuf,
     /// Runtime state directory: the OCI bundle (`config.json`).

@@ -54,6 +54,8 @@ fn record_exit(store: &Store, entry: &Entry, exit: &TaskExit) {
     record.finished_at = nanos(exit.exited_at);
     record.reason = if exit.exit_status == 0 {
         "Completed"
+    } else if exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup) {
+        "OOMKilled"
     } else {
         "Error"
     }
@@ -63,6 +65,26 @@ fn record_exit(store: &Store, entry: &Entry, exit: &TaskExit) {
     }
     tracing::info!(container = %record.id, exit_code = record.exit_code, "container exited");
     entry.set(record);
+}
+
+/// Whether the kernel's OOM killer killed a process of the cgroup
+/// (`oom_kill` in v1's `memory.oom_control`, v2's `memory.events`).
+fn oom_killed(cgroup: &str) -> bool {
+    if cgroup.is_empty() {
+        return false;
+    }
+    let Ok(dirs) = crate::cgroup::Hierarchy::detect().and_then(|h| h.dirs(cgroup)) else {
+        return false;
+    };
+    dirs.iter().any(|dir| {
+        ["memory.oom_control", "memory.events"].iter().any(|file| {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    })
 }
 
 /// Waits for the task's exit through `client` and records it.
