@@ -408,3 +408,40 @@ fn exec_process(record: &ContainerRecord, cmd: &[String]) -> Result<Vec<u8>, Con
     process["terminal"] = serde_json::json!(false);
     serde_json::to_vec(&process).map_err(|e| io(std::io::Error::other(e)))
 }
+
+impl Containers {
+    /// ReopenContainerLog: the shim reopens the log file (after the
+    /// kubelet renamed it away); returns once the new file exists.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let record = self.find(id)?.record();
+        if record.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        if record.log_path.is_empty() {
+            return Ok(());
+        }
+        let client = self.client(&record).await?;
+        let info = client.connect(&record.id).await.map_err(shim_error)?;
+        let pid = i32::try_from(info.shim_pid)
+            .map_err(|_| ContainerError::Shim(format!("shim pid {}", info.shim_pid)))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| ContainerError::Shim(format!("signal shim {pid}: {e}")))?;
+        let log = PathBuf::from(&record.log_path);
+        for _ in 0..200 {
+            if log.exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(ContainerError::Shim(format!(
+            "log {} was not reopened",
+            log.display()
+        )))
+    }
+}

@@ -371,10 +371,16 @@ impl RuntimeService for RuntimeApi {
 
     async fn reopen_container_log(
         &self,
-        _: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
         traced("ReopenContainerLog", async {
-            Err(unimplemented("ReopenContainerLog"))
+            self.daemon
+                .containers()
+                .reopen_log(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(ReopenContainerLogResponse {})
         })
         .await
     }

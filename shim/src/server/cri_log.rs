@@ -4,11 +4,14 @@
 //! kubelet named. A line longer than [`MAX_LINE`] is split into `P`
 //! (partial) records ending with one `F` (full) record. The shim owns the
 //! pipes, so output is neither lost nor blocked while berthd is down.
+//!
+//! SIGUSR1 makes the shim reopen its log files (CRI ReopenContainerLog,
+//! after the kubelet rotated a log by renaming it).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest text of one log record (the kubelet's default, 16 KiB).
@@ -17,14 +20,58 @@ pub const MAX_LINE: usize = 16 * 1024;
 /// Stack of each copying thread: it only copies bytes.
 const THREAD_STACK: usize = 64 * 1024;
 
+/// Log files being written, for reopening on SIGUSR1.
+static OPEN_LOGS: Mutex<Vec<(PathBuf, Weak<Mutex<File>>)>> = Mutex::new(Vec::new());
+
+fn open(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Reopens every log file at its path (a rotated file was renamed away).
+fn reopen_all() {
+    let mut logs = OPEN_LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+    logs.retain(|(_, file)| file.strong_count() > 0);
+    for (path, file) in logs.iter() {
+        if let (Some(file), Ok(new)) = (file.upgrade(), open(path)) {
+            *file.lock().unwrap_or_else(PoisonError::into_inner) = new;
+        }
+    }
+}
+
+/// Starts, once, the thread that reopens the logs on SIGUSR1.
+fn watch_reopen() -> std::io::Result<()> {
+    static STARTED: Once = Once::new();
+    let mut result = Ok(());
+    STARTED.call_once(|| {
+        result = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1]).and_then(
+            |mut signals| {
+                std::thread::Builder::new()
+                    .name("log-reopen".into())
+                    .stack_size(THREAD_STACK)
+                    .spawn(move || {
+                        for _ in signals.forever() {
+                            reopen_all();
+                        }
+                    })
+                    .map(drop)
+            },
+        );
+    });
+    result
+}
+
 /// The write ends to hand the OCI runtime as the container's stdout and
 /// stderr; the read ends are drained into `path` by two threads.
 pub fn start(path: &Path) -> std::io::Result<(std::io::PipeWriter, std::io::PipeWriter)> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let file = Arc::new(Mutex::new(file));
+    watch_reopen()?;
+    let file = Arc::new(Mutex::new(open(path)?));
+    OPEN_LOGS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((path.to_path_buf(), Arc::downgrade(&file)));
     let (out_r, out_w) = std::io::pipe()?;
     let (err_r, err_w) = std::io::pipe()?;
     for (stream, reader) in [("stdout", out_r), ("stderr", err_r)] {
