@@ -40,9 +40,8 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SocketErr
 }
 
 /// Binds the CRI socket at `path`: parent directories are created (0711),
-/// a stale socket is replaced, a live one is refused. The socket is made
-/// under a temporary name, given mode 0660 and group `gid`, then renamed
-/// into place, so it is never reachable with looser permissions.
+/// a stale socket is replaced, a live one is refused. The socket is created
+/// with mode 0660 (and then given group `gid`), never looser.
 pub fn bind_socket(path: &Path, gid: Option<u32>) -> Result<UnixListener, SocketError> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -69,24 +68,26 @@ pub fn bind_socket(path: &Path, gid: Option<u32>) -> Result<UnixListener, Socket
         Err(e) => return Err(io("inspect", path)(e)),
     }
 
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    match std::fs::remove_file(&tmp) {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("remove", &tmp)(e)),
+        Err(e) => return Err(io("remove", path)(e)),
     }
-    let listener = UnixListener::bind(&tmp).map_err(io("bind", &tmp))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
-        .map_err(io("chmod", &tmp))
+    // Bound under a umask that leaves 0660, so the socket is never
+    // reachable with looser permissions (and `ss` shows its real path).
+    // berthd binds its socket once, at start, before it runs anything else.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io("bind", path))?;
+    let placed = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io("chmod", path))
         .and_then(|()| match gid {
-            Some(gid) => std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(io("chown", &tmp)),
+            Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("chown", path)),
             None => Ok(()),
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("rename into place", path)));
+        });
     if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(path);
         return Err(e);
     }
     Ok(listener)
