@@ -175,11 +175,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let err = berthd
         .runtime()
         .await
-        .exec_sync(ExecSyncRequest::default())
+        .container_stats(ContainerStatsRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{}", err.message());
+    assert!(err.message().contains("ContainerStats"), "{}", err.message());
 }
 
 #[tokio::test]
