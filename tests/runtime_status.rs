@@ -179,7 +179,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ContainerStats"), "{}", err.message());
+    assert!(
+        err.message().contains("ContainerStats"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
