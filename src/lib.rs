@@ -21,6 +21,8 @@ pub mod content;
 pub mod cri;
 /// The berthd process: opening the stores, serving, stopping.
 pub mod daemon;
+/// Object ids: random hex, lookup by unique prefix.
+pub mod id;
 /// Images: pull, list, status, remove, garbage collection.
 pub mod image;
 /// Helpers for checking and quoting what callers send.

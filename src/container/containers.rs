@@ -179,14 +179,10 @@ impl Containers {
             return Err(invalid("container_id", "is empty"));
         }
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.get(id) {
-            return Ok(entry.clone());
-        }
-        let mut matches = entries.iter().filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, entry)), None) => Ok(entry.clone()),
-            (Some(_), Some(_)) => Err(ContainerError::Ambiguous(quoted(id))),
-            (None, _) => Err(ContainerError::NotFound(quoted(id))),
+        match crate::id::find(&entries, id) {
+            crate::id::Lookup::Found(entry) => Ok(entry.clone()),
+            crate::id::Lookup::Ambiguous => Err(ContainerError::Ambiguous(quoted(id))),
+            crate::id::Lookup::NotFound => Err(ContainerError::NotFound(quoted(id))),
         }
     }
 
@@ -427,22 +423,18 @@ impl Containers {
 
 /// A new container id: 64 random hex digits.
 fn new_id() -> Result<String, ContainerError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ContainerError::Io {
+    random_id(32, "container id")
+}
+
+fn random_id(bytes: usize, what: &str) -> Result<String, ContainerError> {
+    crate::id::random_hex(bytes).map_err(|source| ContainerError::Io {
         op: "read random bytes for",
-        path: "container id".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(hex::encode(bytes))
+        path: what.into(),
+        source,
+    })
 }
 
 /// A new exec id: 16 random hex digits.
 pub(super) fn new_exec_id() -> Result<String, ContainerError> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| ContainerError::Io {
-        op: "read random bytes for",
-        path: "exec id".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(hex::encode(bytes))
+    random_id(8, "exec id")
 }

@@ -165,14 +165,10 @@ impl Sandboxes {
             });
         }
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.get(id) {
-            return Ok(entry.clone());
-        }
-        let mut matches = entries.iter().filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, entry)), None) => Ok(entry.clone()),
-            (Some(_), Some(_)) => Err(SandboxError::Ambiguous(quoted(id))),
-            (None, _) => Err(SandboxError::NotFound(quoted(id))),
+        match crate::id::find(&entries, id) {
+            crate::id::Lookup::Found(entry) => Ok(entry.clone()),
+            crate::id::Lookup::Ambiguous => Err(SandboxError::Ambiguous(quoted(id))),
+            crate::id::Lookup::NotFound => Err(SandboxError::NotFound(quoted(id))),
         }
     }
 
@@ -191,11 +187,9 @@ impl Sandboxes {
 
 /// A new sandbox id: 64 random hex digits.
 fn new_id() -> Result<String, SandboxError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| SandboxError::Io {
+    crate::id::random_hex(32).map_err(|source| SandboxError::Io {
         op: "read random bytes for",
         path: "sandbox id".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(hex::encode(bytes))
+        source,
+    })
 }
