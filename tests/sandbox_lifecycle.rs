@@ -133,6 +133,27 @@ fn leftovers(berthd: &Berthd, test: &str) -> Vec<String> {
                 .map(|p| format!("pause pid {p}")),
         );
     }
+    // A shim exits just after answering Shutdown; zombies wait for the
+    // host's init and do not count.
+    let live_shims = || -> Vec<String> {
+        let ps = Command::new("ps").args(["-eo", "stat=,args="]).output();
+        ps.map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("berth-shim") && l.contains(&dir))
+                .filter(|l| !l.trim_start().starts_with('Z'))
+                .map(|l| format!("shim {l}"))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    for _ in 0..200 {
+        if live_shims().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    found.extend(live_shims());
     if let Some(net) = berthd.network() {
         let links = Command::new("ip")
             .args(["-o", "link", "show", "master", &net.bridge])

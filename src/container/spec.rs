@@ -266,6 +266,7 @@ pub(super) mod tests {
             created_at: 0,
             state: SandboxState::Ready,
             pause: None,
+            shim_address: None,
             ips: Vec::new(),
             network_attached: false,
             dir: dir.join("sandbox"),

@@ -16,17 +16,6 @@ use crate::store::{Store, Table};
 
 /// The namespace berth's shims run in.
 const SHIM_NAMESPACE: &str = "berth";
-/// The shim binary's name.
-const SHIM_BINARY: &str = "berth-shim";
-
-/// The shim binary: next to berthd's own executable, else from `PATH`.
-pub fn shim_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(SHIM_BINARY)))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| SHIM_BINARY.into())
-}
 
 /// The shim's state directory for a container.
 pub fn shim_dir(record: &ContainerRecord) -> PathBuf {
@@ -124,7 +113,7 @@ impl Containers {
             )));
         }
         let dir = shim_dir(&record);
-        let client = shim_client::start(&shim_binary(), SHIM_NAMESPACE, &record.id, &dir)
+        let client = shim_client::start(&shim_client::binary(), SHIM_NAMESPACE, &record.id, &dir)
             .await
             .map_err(shim_error)?;
         let log = (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path));

@@ -1,24 +1,20 @@
-//! Starting, watching and stopping a sandbox's pause process (`berth-pause`
-//! from the shim crate), and releasing the namespace pins it leaves.
-//!
-//! The pause process is started in a process group of its own and never
-//! waited for synchronously: a task reaps it if it exits while berthd runs;
-//! after a berthd restart it belongs to init. It is identified by pid and
-//! start time, so a recycled pid is never mistaken for it.
+//! A sandbox's pause process (`berth-pause`), run by the sandbox's own
+//! `berth-shim` (its parent and reaper, which releases the namespace pins
+//! when the task is deleted), and watched by pid and start time so a
+//! recycled pid is never mistaken for it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use crate::shim_client::{self, CreateTask, TaskOptions};
 
 use super::SandboxError;
 use super::record::{NamespaceMode, PauseProcess, SandboxRecord};
 
 /// The pause binary's name.
 const PAUSE_BINARY: &str = "berth-pause";
-/// How long the pause process may take to report ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The namespace berth's shims run in.
+const SHIM_NAMESPACE: &str = "berth";
 /// How long a stopping pause process gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -31,78 +27,78 @@ pub fn binary() -> PathBuf {
     beside.unwrap_or_else(|| PAUSE_BINARY.into())
 }
 
-/// Starts the pause process for `record` and waits until its namespaces are
-/// pinned.
-pub async fn start(binary: &Path, record: &SandboxRecord) -> Result<PauseProcess, SandboxError> {
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("--state-dir").arg(&record.state_dir).arg("--uts");
+/// The pause process's arguments for `record`.
+fn args(record: &SandboxRecord) -> Vec<String> {
+    let mut args = vec![
+        "--state-dir".to_string(),
+        record.state_dir.display().to_string(),
+        "--uts".to_string(),
+    ];
     if record.namespaces.network == NamespaceMode::Pod {
-        cmd.arg("--net");
+        args.push("--net".into());
     }
     if record.namespaces.ipc == NamespaceMode::Pod {
-        cmd.arg("--ipc");
+        args.push("--ipc".into());
     }
     if record.namespaces.pid == NamespaceMode::Pod {
-        cmd.arg("--pid");
+        args.push("--pid".into());
     }
     if !record.hostname.is_empty() && record.namespaces.network == NamespaceMode::Pod {
-        cmd.arg("--hostname").arg(&record.hostname);
+        args.push("--hostname".into());
+        args.push(record.hostname.clone());
     }
     for (key, value) in &record.sysctls {
-        cmd.arg("--sysctl").arg(format!("{key}={value}"));
+        args.push("--sysctl".into());
+        args.push(format!("{key}={value}"));
     }
-    // Its stderr goes to a file: a pipe to berthd would break (and kill it
-    // with SIGPIPE on its next message) when berthd restarts.
-    let log_path = record.state_dir.join("pause.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| SandboxError::Pause(format!("cannot create {}: {e}", log_path.display())))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| SandboxError::Pause(format!("cannot start {}: {e}", binary.display())))?;
-    let pid = child.id().and_then(|p| i32::try_from(p).ok());
-    let stdout = child.stdout.take();
-    let ready = async {
-        let mut line = String::new();
-        if let Some(stdout) = stdout {
-            BufReader::new(stdout).read_line(&mut line).await.ok();
-        }
-        line
+    args
+}
+
+/// The sandbox shim's state directory.
+fn shim_dir(record: &SandboxRecord) -> PathBuf {
+    record.state_dir.join("shim")
+}
+
+/// Starts the sandbox's `berth-shim` and has it run the pause process;
+/// returns once the namespaces are pinned, with the pause process and the
+/// shim's address.
+pub async fn start(
+    binary: &Path,
+    record: &SandboxRecord,
+) -> Result<(PauseProcess, String), SandboxError> {
+    let shim = |e: shim_client::ShimClientError| SandboxError::Pause(e.to_string());
+    let client = shim_client::start(
+        &shim_client::binary(),
+        SHIM_NAMESPACE,
+        &record.id,
+        &shim_dir(record),
+    )
+    .await
+    .map_err(shim)?;
+    let task = CreateTask {
+        id: record.id.clone(),
+        bundle: record.state_dir.clone(),
+        stdout: None,
+        stderr: Some(record.state_dir.join("pause.log")),
+        options: TaskOptions::Pause {
+            binary: Some(binary.to_path_buf()),
+            args: args(record),
+        },
     };
-    let line = match tokio::time::timeout(READY_TIMEOUT, ready).await {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(SandboxError::Pause(format!(
-                "not ready within {READY_TIMEOUT:?}"
-            )));
+    let pid = match client.create(&task).await {
+        Ok(pid) => i32::try_from(pid).map_err(|_| SandboxError::Pause(format!("pid {pid}")))?,
+        Err(e) => {
+            let _ = client.delete(&record.id).await;
+            let _ = client.shutdown(&record.id).await;
+            return Err(SandboxError::Pause(e.to_string()));
         }
     };
-    if line.trim().is_empty() {
-        // It exited before reporting ready: its stderr says why.
-        let status = child
-            .wait()
-            .await
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let why = std::fs::read_to_string(&log_path).unwrap_or_default();
-        return Err(SandboxError::Pause(format!("{} ({status})", why.trim())));
-    }
-    let pid = pid.ok_or_else(|| SandboxError::Pause("started without a pid".into()))?;
     let start_time = start_time(pid)
         .ok_or_else(|| SandboxError::Pause(format!("pid {pid} vanished right after start")))?;
-    let sandbox = record.id.clone();
-    tokio::spawn(async move {
-        // Reaps it if it exits while this berthd runs; keeps stderr drained.
-        let status = child.wait().await;
-        tracing::info!(sandbox, pid, ?status, "pause process exited");
-    });
-    Ok(PauseProcess { pid, start_time })
+    Ok((
+        PauseProcess { pid, start_time },
+        client.address().to_string(),
+    ))
 }
 
 /// Whether the pause process still runs (same pid, same start time, not a
@@ -136,26 +132,43 @@ fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Stops the pause process: SIGTERM, then SIGKILL after a grace period.
-pub async fn stop(process: &PauseProcess) {
+/// Stops the pause process and its shim: through the shim (SIGTERM, then
+/// SIGKILL after a grace period; the shim releases the pins) when it
+/// answers, else directly by pid.
+pub async fn stop(record: &SandboxRecord, process: &PauseProcess) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    if !alive(process) {
-        return;
-    }
-    let pid = Pid::from_raw(process.pid);
-    let _ = kill(pid, Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    while alive(process) {
-        if tokio::time::Instant::now() >= deadline {
-            let _ = kill(pid, Signal::SIGKILL);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if !alive(process) {
-                break;
+    let client = match &record.shim_address {
+        Some(address) => shim_client::connect(address).await.ok(),
+        None => None,
+    };
+    let client = &client;
+    let signal = |s: Signal| async move {
+        match client {
+            Some(c) => {
+                let _ = c.kill(&record.id, s as u32, true).await;
             }
-            continue;
+            None => {
+                let _ = kill(Pid::from_raw(process.pid), s);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if alive(process) {
+        signal(Signal::SIGTERM).await;
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while alive(process) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if alive(process) {
+            signal(Signal::SIGKILL).await;
+            while alive(process) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    if let Some(client) = client {
+        let _ = client.delete(&record.id).await;
+        let _ = client.shutdown(&record.id).await;
     }
 }
 

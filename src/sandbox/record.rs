@@ -112,6 +112,9 @@ pub struct SandboxRecord {
     pub state: SandboxState,
     /// The pause process, while it runs.
     pub pause: Option<PauseProcess>,
+    /// Address of the shim supervising the pause process.
+    #[serde(default)]
+    pub shim_address: Option<String>,
     /// Pod IPs, IPv4 first.
     pub ips: Vec<String>,
     /// Whether the CNI network was set up (and must be torn down).

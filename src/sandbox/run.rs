@@ -43,6 +43,7 @@ impl Sandboxes {
             created_at: crate::image::now_nanos(),
             state: SandboxState::NotReady,
             pause: None,
+            shim_address: None,
             ips: Vec::new(),
             network_attached: false,
             dir: self.config.root.join("sandboxes").join(&id),
@@ -104,8 +105,9 @@ impl Sandboxes {
         if let Some(shm) = record.shm_dir() {
             step!(mount_shm(&shm));
         }
-        let pause = step!(pause::start(&self.pause_binary, &record).await);
+        let (pause, shim) = step!(pause::start(&self.pause_binary, &record).await);
         record.pause = Some(pause);
+        record.shim_address = Some(shim);
         if let Some(cgroup) = self.cgroup_path(&record) {
             let hierarchy = step!(self.hierarchy());
             // The pause process and the PID 1 it forked for a shared PID
@@ -142,7 +144,7 @@ impl Sandboxes {
             tracing::warn!(sandbox = %record.id, error = %e, "network teardown failed");
         }
         if let Some(p) = &record.pause {
-            pause::stop(p).await;
+            pause::stop(record, p).await;
         }
         if let (Some(cgroup), Ok(hierarchy)) = (self.cgroup_path(record), self.hierarchy())
             && let Err(e) = hierarchy.remove(&cgroup).await

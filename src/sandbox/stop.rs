@@ -22,8 +22,9 @@ impl Sandboxes {
             record.ips.clear();
             self.save(&entry, record.clone())?;
         }
-        if let Some(p) = record.pause.take() {
-            pause::stop(&p).await;
+        if let Some(p) = record.pause {
+            pause::stop(&record, &p).await;
+            record.pause = None;
         }
         pause::unpin(&record.state_dir)
             .map_err(|e| SandboxError::Pause(format!("removing namespace pins: {e}")))?;

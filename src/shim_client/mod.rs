@@ -224,6 +224,16 @@ pub struct ShimClient {
     task: TaskClient,
 }
 
+/// The `berth-shim` binary: next to berthd's own executable, else from
+/// `PATH`.
+pub fn binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("berth-shim")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "berth-shim".into())
+}
+
 /// Runs `binary -namespace NS -id ID -state-dir DIR start`, which returns
 /// once the daemonized shim listens, and connects to the address it prints.
 pub async fn start(
