@@ -387,12 +387,17 @@ fn pid_namespace_init_is_pid_1_and_reaps_orphans() {
     let orphan = nsenter(
         "pid",
         &pause.pin(Namespace::Pid),
-        &["sh", "-c", "sleep 1 & echo $!"],
+        &["sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"],
     );
     assert!(orphan.parse::<i32>().is_ok_and(|p| p > 1), "{orphan}");
     let children = format!("/proc/{init}/task/{init}/children");
     let has_children = || !read_trimmed(&children).is_empty();
+    // Long-lived, so a loaded machine cannot let it come and go unseen.
     eventually("the orphan to be re-parented to init", has_children);
+    for child in read_trimmed(&children).split_whitespace() {
+        let pid: i32 = child.parse().expect("child pid");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the orphan");
+    }
     // A zombie stays in its parent's children list until it is reaped.
     eventually("init to reap the orphan", || !has_children());
 
