@@ -148,18 +148,9 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let endpoints: Vec<(String, String)> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .map(|a| match a.split_once('=') {
-            Some((name, endpoint)) => (name.to_string(), endpoint.to_string()),
-            None => (a.clone(), a),
-        })
-        .collect();
-    if endpoints.is_empty() {
-        eprintln!("usage: cargo bench --bench image_pull -- NAME=unix:///path/to.sock ...");
+    let Some(endpoints) = support::cri::endpoints_from_args("image_pull") else {
         return;
-    }
+    };
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())

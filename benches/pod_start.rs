@@ -90,18 +90,9 @@ fn env(name: &str, default: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let endpoints: Vec<(String, String)> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .map(|a| match a.split_once('=') {
-            Some((name, endpoint)) => (name.to_string(), endpoint.to_string()),
-            None => (a.clone(), a),
-        })
-        .collect();
-    if endpoints.is_empty() {
-        eprintln!("usage: cargo bench --bench pod_start -- NAME=unix:///path/to.sock ...");
+    let Some(endpoints) = support::cri::endpoints_from_args("pod_start") else {
         return;
-    }
+    };
     let (pods, parallel, rounds) = (
         env("BENCH_PODS", 50),
         env("BENCH_PARALLEL", 20),

@@ -19,3 +19,21 @@ pub async fn channel(endpoint: &str) -> Channel {
         .await
         .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"))
 }
+
+/// The `NAME=unix:///path` arguments of a benchmark (a bare endpoint is
+/// named after itself); the usage line, naming `bench`, when there is none.
+pub fn endpoints_from_args(bench: &str) -> Option<Vec<(String, String)>> {
+    let endpoints: Vec<(String, String)> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| match a.split_once('=') {
+            Some((name, endpoint)) => (name.to_string(), endpoint.to_string()),
+            None => (a.clone(), a),
+        })
+        .collect();
+    if endpoints.is_empty() {
+        eprintln!("usage: cargo bench --bench {bench} -- NAME=unix:///path/to.sock ...");
+        return None;
+    }
+    Some(endpoints)
+}

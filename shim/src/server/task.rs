@@ -88,6 +88,15 @@ struct Task {
     execs: std::collections::HashMap<String, ExecProcess>,
 }
 
+impl Task {
+    /// The exec process `exec_id`.
+    fn exec(&self, exec_id: &str) -> Result<&ExecProcess, TaskError> {
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))
+    }
+}
+
 /// An extra process run in the task's container (`runc exec`).
 struct ExecProcess {
     /// The OCI process spec, JSON.
@@ -509,10 +518,7 @@ impl Supervisor {
         let (runner, spec, stdout, stderr) = {
             let mut guard = self.lock();
             let task = Self::get(&mut guard, id)?;
-            let exec = task
-                .execs
-                .get(exec_id)
-                .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+            let exec = task.exec(exec_id)?;
             if exec.pid.is_some() {
                 return Err(TaskError::FailedPrecondition(format!(
                     "exec {exec_id:?} already started"
@@ -584,10 +590,7 @@ impl Supervisor {
         let mut guard = self.lock();
         loop {
             let task = Self::get(&mut guard, id)?;
-            let exec = task
-                .execs
-                .get(exec_id)
-                .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+            let exec = task.exec(exec_id)?;
             if let Some(exit) = exec.exit {
                 return Ok(exit);
             }
@@ -602,10 +605,7 @@ impl Supervisor {
     pub(crate) fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), TaskError> {
         let mut guard = self.lock();
         let task = Self::get(&mut guard, id)?;
-        let exec = task
-            .execs
-            .get(exec_id)
-            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+        let exec = task.exec(exec_id)?;
         let (Some(pid), None) = (exec.pid, exec.exit) else {
             return Err(TaskError::NotFound(format!(
                 "exec {exec_id:?} is not running"
@@ -623,10 +623,7 @@ impl Supervisor {
     pub(crate) fn exec_delete(&self, id: &str, exec_id: &str) -> Result<ExitRecord, TaskError> {
         let mut guard = self.lock();
         let task = Self::get(&mut guard, id)?;
-        let exec = task
-            .execs
-            .get(exec_id)
-            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))?;
+        let exec = task.exec(exec_id)?;
         if exec.pid.is_some() && exec.exit.is_none() {
             return Err(TaskError::FailedPrecondition(format!(
                 "exec {exec_id:?} is running"
