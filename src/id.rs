@@ -3,6 +3,7 @@
 //! `crictl` shows them shortened).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A new random id of `bytes` bytes, as lowercase hex (32 bytes give the
 /// 64-digit ids the kubelet is used to).
@@ -34,6 +35,86 @@ pub fn find<'a, T>(objects: &'a HashMap<String, T>, id: &str) -> Lookup<&'a T> {
         (Some((_, object)), None) => Lookup::Found(object),
         (Some(_), Some(_)) => Lookup::Ambiguous,
         (None, _) => Lookup::NotFound,
+    }
+}
+
+/// One object (sandbox, container) in memory: its record and the lock its
+/// lifecycle operations take, so operations on one object are serialised
+/// without a lock over all objects.
+pub struct Object<R> {
+    record: Mutex<R>,
+    /// Held by an operation (start, stop, remove, ...) for its duration.
+    pub op: tokio::sync::Mutex<()>,
+}
+
+impl<R: Clone> Object<R> {
+    /// A copy of the current record.
+    pub fn record(&self) -> R {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the record (after it was written to the store).
+    pub fn set(&self, record: R) {
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = record;
+    }
+}
+
+/// The objects of one kind, by id.
+pub struct Objects<R> {
+    by_id: RwLock<HashMap<String, Arc<Object<R>>>>,
+}
+
+impl<R: Clone> Default for Objects<R> {
+    fn default() -> Self {
+        Objects {
+            by_id: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<R: Clone> Objects<R> {
+    /// Adds (or replaces) the object `id`.
+    pub fn insert(&self, id: &str, record: R) -> Arc<Object<R>> {
+        let object = Arc::new(Object {
+            record: Mutex::new(record),
+            op: tokio::sync::Mutex::new(()),
+        });
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), object.clone());
+        object
+    }
+
+    /// Forgets the object `id`.
+    pub fn remove(&self, id: &str) {
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The object with this full id or unique id prefix.
+    pub fn find(&self, id: &str) -> Lookup<Arc<Object<R>>> {
+        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        match find(&by_id, id) {
+            Lookup::Found(object) => Lookup::Found(object.clone()),
+            Lookup::Ambiguous => Lookup::Ambiguous,
+            Lookup::NotFound => Lookup::NotFound,
+        }
+    }
+
+    /// Every object.
+    pub fn all(&self) -> Vec<Arc<Object<R>>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

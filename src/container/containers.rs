@@ -3,10 +3,10 @@
 //! ContainerStatus and ListContainers. Starting and stopping go through
 //! `berth-shim` (not built yet).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use berth_cri_proto::v1 as cri;
 
@@ -109,31 +109,14 @@ pub struct ContainerFilter {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One container in memory: its record and the lock its operations take.
-pub(super) struct Entry {
-    record: Mutex<ContainerRecord>,
-    pub(super) op: tokio::sync::Mutex<()>,
-}
-
-impl Entry {
-    pub(super) fn record(&self) -> ContainerRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Replaces the in-memory record (after it was stored).
-    pub(super) fn set(&self, record: ContainerRecord) {
-        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = record;
-    }
-}
+/// One container in memory.
+pub(super) type Entry = crate::id::Object<ContainerRecord>;
 
 /// The container service.
 pub struct Containers {
     config: Arc<Config>,
     pub(super) store: Store,
-    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    entries: crate::id::Objects<ContainerRecord>,
 }
 
 impl Containers {
@@ -142,7 +125,7 @@ impl Containers {
         let containers = Containers {
             config,
             store,
-            entries: RwLock::new(HashMap::new()),
+            entries: Default::default(),
         };
         for (_, record) in containers
             .store
@@ -154,33 +137,20 @@ impl Containers {
     }
 
     fn insert(&self, record: ContainerRecord) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
-            record: Mutex::new(record.clone()),
-            op: tokio::sync::Mutex::new(()),
-        });
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(record.id, entry.clone());
-        entry
+        let id = record.id.clone();
+        self.entries.insert(&id, record)
     }
 
     pub(super) fn entries(&self) -> Vec<Arc<Entry>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.entries.all()
     }
 
     pub(super) fn find(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
         if id.is_empty() {
             return Err(invalid("container_id", "is empty"));
         }
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        match crate::id::find(&entries, id) {
-            crate::id::Lookup::Found(entry) => Ok(entry.clone()),
+        match self.entries.find(id) {
+            crate::id::Lookup::Found(entry) => Ok(entry),
             crate::id::Lookup::Ambiguous => Err(ContainerError::Ambiguous(quoted(id))),
             crate::id::Lookup::NotFound => Err(ContainerError::NotFound(quoted(id))),
         }
@@ -370,10 +340,7 @@ impl Containers {
             }
             Ok(())
         })?;
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&record.id);
+        self.entries.remove(&record.id);
         tracing::info!(container = %record.id, "container removed");
         Ok(())
     }
@@ -387,9 +354,8 @@ impl Containers {
     pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
         let mut out: Vec<ContainerRecord> = self
             .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
+            .all()
+            .iter()
             .map(|e| e.record())
             .filter(|r| {
                 filter

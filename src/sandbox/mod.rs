@@ -15,9 +15,8 @@ mod spec;
 mod status;
 mod stop;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 pub use record::{
     Dns, NamespaceMode, Namespaces, PauseProcess, PortMapping, SandboxMetadata, SandboxRecord,
@@ -91,27 +90,15 @@ fn io_error(
     move |source| SandboxError::Io { op, path, source }
 }
 
-/// One sandbox in memory: its record and the lock its operations take.
-struct Entry {
-    record: Mutex<SandboxRecord>,
-    op: tokio::sync::Mutex<()>,
-}
-
-impl Entry {
-    fn record(&self) -> SandboxRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+/// One sandbox in memory.
+type Entry = crate::id::Object<SandboxRecord>;
 
 /// The sandbox service.
 pub struct Sandboxes {
     config: Arc<Config>,
     store: Store,
     cni: CniClient,
-    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    entries: crate::id::Objects<SandboxRecord>,
     pause_binary: PathBuf,
 }
 
@@ -128,7 +115,7 @@ impl Sandboxes {
             cni,
             config,
             store,
-            entries: RwLock::new(HashMap::new()),
+            entries: Default::default(),
             pause_binary,
         };
         for (_, mut record) in sandboxes.store.list::<SandboxRecord>(Table::Sandboxes)? {
@@ -145,15 +132,8 @@ impl Sandboxes {
     }
 
     fn insert(&self, record: SandboxRecord) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
-            record: Mutex::new(record.clone()),
-            op: tokio::sync::Mutex::new(()),
-        });
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(record.id, entry.clone());
-        entry
+        let id = record.id.clone();
+        self.entries.insert(&id, record)
     }
 
     /// Finds a sandbox by full id or unique id prefix.
@@ -164,9 +144,8 @@ impl Sandboxes {
                 reason: "is empty".into(),
             });
         }
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        match crate::id::find(&entries, id) {
-            crate::id::Lookup::Found(entry) => Ok(entry.clone()),
+        match self.entries.find(id) {
+            crate::id::Lookup::Found(entry) => Ok(entry),
             crate::id::Lookup::Ambiguous => Err(SandboxError::Ambiguous(quoted(id))),
             crate::id::Lookup::NotFound => Err(SandboxError::NotFound(quoted(id))),
         }
@@ -175,7 +154,7 @@ impl Sandboxes {
     /// Writes `record` to the store, then to memory.
     fn save(&self, entry: &Entry, record: SandboxRecord) -> Result<(), SandboxError> {
         self.store.put(Table::Sandboxes, &record.id, &record)?;
-        *entry.record.lock().unwrap_or_else(|e| e.into_inner()) = record;
+        entry.set(record);
         Ok(())
     }
 

@@ -195,10 +195,7 @@ impl Sandboxes {
         }) {
             tracing::warn!(sandbox = %record.id, error = %e, "record not removed");
         }
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&record.id);
+        self.entries.remove(&record.id);
     }
 }
 

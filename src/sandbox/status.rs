@@ -38,13 +38,7 @@ impl Sandboxes {
 
     /// Every sandbox the filter matches, oldest first.
     pub fn list(&self, filter: &SandboxFilter) -> Vec<SandboxRecord> {
-        let entries: Vec<_> = self
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let entries = self.entries.all();
         let mut out: Vec<SandboxRecord> = entries
             .iter()
             .filter_map(|entry| self.refresh(entry).ok())
