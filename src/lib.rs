@@ -36,6 +36,9 @@ pub mod sandbox;
 /// Client of the per-container and per-sandbox shims (shim v2 Task API
 /// over ttrpc): start, connect, typed task calls, the recorded exit file.
 pub mod shim_client;
+/// The streaming server: exec, attach and port-forward over SPDY/3.1 and
+/// WebSocket.
+pub mod streaming;
 /// Unpacked layers keyed by chain id, shared between images.
 pub mod snapshot;
 /// The metadata store (redb): records that survive restarts.
