@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use berth_shim::exit::ExitRecord;
 use berthd::shim_client::{self, CreateTask, ShimClient, ShimClientError, TaskOptions, TaskStatus};
+use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::event::Envelope;
 
 const NAMESPACE: &str = "berth-test";
 
@@ -73,7 +75,12 @@ impl ShimDir {
     }
 
     async fn start(&self) -> ShimClient {
-        shim_client::start(&self.shim, NAMESPACE, &self.id, &self.state_dir())
+        self.start_with_events(None).await
+    }
+
+    /// Starts the shim with `events` as its events socket.
+    async fn start_with_events(&self, events: Option<&str>) -> ShimClient {
+        shim_client::start(&self.shim, NAMESPACE, &self.id, &self.state_dir(), events)
             .await
             .expect("berth-shim start")
     }
@@ -182,6 +189,141 @@ fn wait_exit_file(dir: &ShimDir) -> ExitRecord {
         assert!(Instant::now() < deadline, "no exit file");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One event as the test's events server received it.
+#[derive(Debug)]
+struct Received {
+    envelope: Envelope,
+    /// The ttrpc namespace header of the request.
+    namespace_header: Option<String>,
+    /// Whether the exit file existed when the event arrived.
+    exit_file_existed: bool,
+}
+
+/// What berthd's events service is to a shim: a ttrpc server with
+/// containerd's `Events/Forward`, here collecting what it receives.
+struct EventsServer {
+    socket: PathBuf,
+    server: Option<ttrpc::Server>,
+    received: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    sender: tokio::sync::mpsc::UnboundedSender<Received>,
+    exit_file: PathBuf,
+}
+
+struct Collector {
+    sender: tokio::sync::mpsc::UnboundedSender<Received>,
+    exit_file: PathBuf,
+}
+
+impl containerd_shim_protos::shim_sync::Events for Collector {
+    fn forward(
+        &self,
+        ctx: &ttrpc::TtrpcContext,
+        req: containerd_shim_protos::api::ForwardRequest,
+    ) -> ttrpc::Result<containerd_shim_protos::protobuf::well_known_types::empty::Empty> {
+        let _ = self.sender.send(Received {
+            envelope: req.envelope.into_option().unwrap_or_default(),
+            namespace_header: ctx
+                .metadata
+                .get("containerd-namespace-ttrpc")
+                .and_then(|v| v.first().cloned()),
+            exit_file_existed: self.exit_file.exists(),
+        });
+        Ok(Default::default())
+    }
+}
+
+impl EventsServer {
+    /// A server on a socket in `dir`'s test ground; `exit_file` is checked
+    /// as each event arrives.
+    fn new(dir: &ShimDir) -> Self {
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let mut events = Self {
+            socket: dir.dir.path().join("events.sock"),
+            server: None,
+            received,
+            sender,
+            exit_file: ExitRecord::path(&dir.state_dir()),
+        };
+        events.listen();
+        events
+    }
+
+    fn address(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn listen(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let collector = Collector {
+            sender: self.sender.clone(),
+            exit_file: self.exit_file.clone(),
+        };
+        let mut server = ttrpc::Server::new()
+            .bind(&self.address())
+            .expect("bind the events socket")
+            .register_service(containerd_shim_protos::shim_sync::create_events(
+                std::sync::Arc::new(collector),
+            ));
+        server.start().expect("start the events server");
+        self.server = Some(server);
+    }
+
+    /// Stops serving and closes every connection: a berthd going down.
+    fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// The next event; fails after a few seconds without one.
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the events channel is open")
+    }
+
+    /// Fails if an event arrives within a short while.
+    async fn assert_quiet(&mut self) {
+        if let Ok(Some(extra)) =
+            tokio::time::timeout(Duration::from_millis(300), self.received.recv()).await
+        {
+            panic!("unexpected event {:?}", extra.envelope.topic);
+        }
+    }
+}
+
+impl Drop for EventsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Checks an event's envelope and decodes its payload.
+fn event<M: Message>(received: &Received, topic: &str, type_name: &str) -> M {
+    let envelope = &received.envelope;
+    assert_eq!(envelope.topic, topic, "{envelope:?}");
+    assert_eq!(envelope.namespace, NAMESPACE);
+    assert_eq!(received.namespace_header.as_deref(), Some(NAMESPACE));
+    assert!(envelope.timestamp.is_some(), "{topic} has no timestamp");
+    let any = envelope.event.as_ref().expect("an event");
+    assert_eq!(any.type_url, type_name);
+    M::parse_from_bytes(&any.value).expect("the event decodes")
+}
+
+/// The OCI process spec (JSON) of an exec running `args` as root.
+fn process_spec(args: &[&str]) -> Vec<u8> {
+    serde_json::json!({
+        "args": args,
+        "cwd": "/",
+        "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0},
+    })
+    .to_string()
+    .into_bytes()
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
@@ -370,50 +512,177 @@ async fn delete_command_cleans_up_after_an_unreachable_shim() {
     dir.assert_nothing_left(&[shim, pid]);
 }
 
+/// An OCI bundle with a busybox rootfs, run through real runc with a
+/// runtime root of the test's own.
+struct Bundle {
+    path: PathBuf,
+    runc: PathBuf,
+    root: PathBuf,
+    /// The container's cgroup (relative to each hierarchy's root).
+    cgroup: String,
+}
+
+impl Bundle {
+    /// `runc spec`, with the process running `args` (no terminal) and
+    /// `tweak` applied to config.json.
+    fn new(dir: &ShimDir, args: &[&str], tweak: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let runc = support::require_binary("runc");
+        let path = dir.dir.path().join("bundle");
+        std::fs::create_dir_all(path.join("rootfs/bin")).expect("rootfs");
+        std::fs::copy(support::image::BUSYBOX, path.join("rootfs/bin/busybox")).expect("busybox");
+        let spec = Command::new(&runc)
+            .args(["spec", "--bundle"])
+            .arg(&path)
+            .status()
+            .expect("runc spec");
+        assert!(spec.success(), "runc spec failed");
+        let config_path = path.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config_path).expect("config.json"))
+                .expect("config.json parses");
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(args);
+        // A cgroup of the test's own, which runc removes on delete.
+        let cgroup = format!("berth-shim-test-{}-{}", dir.id, std::process::id());
+        config["linux"]["cgroupsPath"] = format!("/{cgroup}").into();
+        tweak(&mut config);
+        std::fs::write(&config_path, config.to_string()).expect("write config.json");
+        Self {
+            root: dir.dir.path().join("runc-root"),
+            path,
+            runc,
+            cgroup,
+        }
+    }
+
+    /// The task running this bundle, its stdout and stderr in `output`.
+    fn task(&self, dir: &ShimDir, output: Option<PathBuf>) -> CreateTask {
+        CreateTask {
+            id: dir.id.clone(),
+            bundle: self.path.clone(),
+            stdout: output.clone(),
+            stderr: output,
+            options: TaskOptions::Runc {
+                binary: Some(self.runc.clone()),
+                root: Some(self.root.clone()),
+            },
+        }
+    }
+
+    /// The container's cgroup directories that exist.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        mounts
+            .lines()
+            .filter_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let point = left.split(' ').nth(4)?;
+                right
+                    .starts_with("cgroup")
+                    .then(|| PathBuf::from(point).join(&self.cgroup))
+            })
+            .filter(|dir| dir.exists())
+            .collect()
+    }
+
+    /// Fails unless runc has forgotten every container of this root and
+    /// removed the container's cgroup.
+    fn assert_runc_forgot(&self) {
+        let left = self.cgroup_dirs();
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+        let list = Command::new(&self.runc)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout).trim(),
+            "",
+            "runc still knows the container"
+        );
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        // After a failed test: runc deletes the cgroup once the container
+        // is gone (ShimDir's drop), this catches what it could not.
+        for dir in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Fails unless `file` contains `text` within a few seconds.
+async fn wait_for_text(file: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in {}: {:?}",
+            file.display(),
+            std::fs::read_to_string(file).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The file `name` of process `pid`'s cgroup in the v1 hierarchy with
+/// `controller`, or in the v2 hierarchy when `controller` is `None`.
+fn cgroup_file(pid: u32, controller: Option<&str>, name: &str) -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let wanted = match controller {
+            Some(c) => controllers.split(',').any(|x| x == c),
+            None => controllers.is_empty(),
+        };
+        wanted.then(|| path.trim_start_matches('/').to_owned())
+    })?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let point = mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        let mut right = right.split(' ');
+        let fstype = right.next()?;
+        let options = right.nth(1)?;
+        let wanted = match controller {
+            Some(c) => fstype == "cgroup" && options.split(',').any(|o| o == c),
+            None => fstype == "cgroup2",
+        };
+        wanted.then(|| PathBuf::from(point))
+    })?;
+    let file = point.join(path).join(name);
+    file.exists().then_some(file)
+}
+
 #[tokio::test]
 async fn runc_task_lifecycle() {
     if !support::root_tests("runc_task_lifecycle") {
         return;
     }
-    let runc = support::require_binary("runc");
     let dir = ShimDir::new("runc-task");
-    let bundle = dir.dir.path().join("bundle");
-    std::fs::create_dir_all(bundle.join("rootfs/bin")).expect("rootfs");
-    std::fs::copy(support::image::BUSYBOX, bundle.join("rootfs/bin/busybox")).expect("busybox");
-    let spec = Command::new(&runc)
-        .args(["spec", "--bundle"])
-        .arg(&bundle)
-        .status()
-        .expect("runc spec");
-    assert!(spec.success(), "runc spec failed");
-    let config_path = bundle.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_path).expect("config.json"))
-            .expect("config.json parses");
-    config["process"]["terminal"] = false.into();
-    config["process"]["args"] = serde_json::json!([
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "echo hello from the container; exec /bin/busybox sleep 1000"
-    ]);
-    std::fs::write(&config_path, config.to_string()).expect("write config.json");
-    let runc_root = dir.dir.path().join("runc-root");
+    let bundle = Bundle::new(
+        &dir,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo hello from the container; exec /bin/busybox sleep 1000",
+        ],
+        |_| {},
+    );
     let output = dir.dir.path().join("output.log");
 
     let client = dir.start().await;
     let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
     let pid = client
-        .create(&CreateTask {
-            id: dir.id.clone(),
-            bundle: bundle.clone(),
-            stdout: Some(output.clone()),
-            stderr: Some(output.clone()),
-            options: TaskOptions::Runc {
-                binary: Some(runc.clone()),
-                root: Some(runc_root.clone()),
-            },
-        })
+        .create(&bundle.task(&dir, Some(output.clone())))
         .await
         .expect("create");
     assert_eq!(
@@ -430,39 +699,19 @@ async fn runc_task_lifecycle() {
         client.state(&dir.id).await.expect("state").status,
         TaskStatus::Running
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&output)
-        .unwrap_or_default()
-        .contains("hello from the container")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no container output in {}",
-            output.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_text(&output, "hello from the container").await;
 
     client.kill(&dir.id, 9, false).await.expect("kill");
     let exit = client.wait(&dir.id).await.expect("wait");
     assert_eq!(exit.exit_status, 137);
     assert_eq!(
-        dir.exit_file().map(|e| (e.exit_status, e.exited_at)),
-        Some((137, exit.exited_at))
+        dir.exit_file()
+            .map(|e| (e.exit_status, e.exited_at, e.oom_killed)),
+        Some((137, exit.exited_at, false))
     );
     let deleted = client.delete(&dir.id).await.expect("delete");
     assert_eq!((deleted.pid, deleted.exit), (pid, exit));
-    let list = Command::new(&runc)
-        .arg("--root")
-        .arg(&runc_root)
-        .args(["list", "-q"])
-        .output()
-        .expect("runc list");
-    assert_eq!(
-        String::from_utf8_lossy(&list.stdout).trim(),
-        "",
-        "runc still knows the container"
-    );
+    bundle.assert_runc_forgot();
     client.shutdown(&dir.id).await.expect("shutdown");
     dir.assert_nothing_left(&[shim, pid]);
 }
@@ -497,7 +746,7 @@ async fn a_bad_command_line_fails_start_with_the_reason() {
     }
     let (shim, _) = shim_binaries();
     let dir = tempfile::tempdir().expect("tempdir");
-    match shim_client::start(&shim, NAMESPACE, "a/b", dir.path()).await {
+    match shim_client::start(&shim, NAMESPACE, "a/b", dir.path(), None).await {
         Err(ShimClientError::StartFailed { stderr, .. }) => {
             assert!(stderr.contains("invalid id"), "{stderr}");
         }
@@ -506,7 +755,7 @@ async fn a_bad_command_line_fails_start_with_the_reason() {
     }
     let missing = dir.path().join("no-such-shim");
     assert!(matches!(
-        shim_client::start(&missing, NAMESPACE, "x", dir.path()).await,
+        shim_client::start(&missing, NAMESPACE, "x", dir.path(), None).await,
         Err(ShimClientError::Spawn { .. })
     ));
 }
@@ -546,4 +795,390 @@ async fn a_failing_pause_process_fails_create_with_its_message() {
     let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
     client.shutdown(&dir.id).await.expect("shutdown");
     dir.assert_nothing_left(&[shim]);
+}
+
+#[tokio::test]
+async fn events_are_published_in_order_and_survive_a_daemon_restart() {
+    if !support::root_tests("events_are_published_in_order_and_survive_a_daemon_restart") {
+        return;
+    }
+    let dir = ShimDir::new("events");
+    let bundle = Bundle::new(&dir, &["/bin/busybox", "sleep", "1000"], |_| {});
+    let mut events = EventsServer::new(&dir);
+    let client = dir.start_with_events(Some(&events.address())).await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(&dir, None))
+        .await
+        .expect("create");
+    let create: ev::TaskCreate = event(
+        &events.next().await,
+        "/tasks/create",
+        "containerd.events.TaskCreate",
+    );
+    assert_eq!(
+        (create.container_id.as_str(), create.pid),
+        (dir.id.as_str(), pid)
+    );
+    assert_eq!(create.bundle, bundle.path.to_string_lossy());
+    client.start(&dir.id).await.expect("start");
+    let start: ev::TaskStart = event(
+        &events.next().await,
+        "/tasks/start",
+        "containerd.events.TaskStart",
+    );
+    assert_eq!(
+        (start.container_id.as_str(), start.pid),
+        (dir.id.as_str(), pid)
+    );
+
+    let output = dir.dir.path().join("exec.out");
+    client
+        .exec(
+            &dir.id,
+            "ex1",
+            process_spec(&["/bin/busybox", "true"]),
+            &output,
+            &output,
+        )
+        .await
+        .expect("exec");
+    let added: ev::TaskExecAdded = event(
+        &events.next().await,
+        "/tasks/exec-added",
+        "containerd.events.TaskExecAdded",
+    );
+    assert_eq!(
+        (added.container_id.as_str(), added.exec_id.as_str()),
+        (dir.id.as_str(), "ex1")
+    );
+    let exec_pid = client.start_exec(&dir.id, "ex1").await.expect("start exec");
+    let started: ev::TaskExecStarted = event(
+        &events.next().await,
+        "/tasks/exec-started",
+        "containerd.events.TaskExecStarted",
+    );
+    assert_eq!((started.exec_id.as_str(), started.pid), ("ex1", exec_pid));
+    let exec_exit = client.wait_exec(&dir.id, "ex1").await.expect("wait exec");
+    let exited: ev::TaskExit = event(
+        &events.next().await,
+        "/tasks/exit",
+        "containerd.events.TaskExit",
+    );
+    assert_eq!(
+        (
+            exited.container_id.as_str(),
+            exited.id.as_str(),
+            exited.pid,
+            exited.exit_status
+        ),
+        (dir.id.as_str(), "ex1", exec_pid, exec_exit.exit_status)
+    );
+    client
+        .delete_exec(&dir.id, "ex1")
+        .await
+        .expect("delete exec");
+    events.assert_quiet().await;
+
+    // berthd restarts: the shim publishes the next events on a new
+    // connection.
+    events.stop();
+    events.listen();
+    client.kill(&dir.id, 9, false).await.expect("kill");
+    let exit = client.wait(&dir.id).await.expect("wait");
+    let received = events.next().await;
+    assert!(
+        received.exit_file_existed,
+        "TaskExit was published before the exit file was written"
+    );
+    let exited: ev::TaskExit = event(&received, "/tasks/exit", "containerd.events.TaskExit");
+    assert_eq!(
+        (
+            exited.container_id.as_str(),
+            exited.id.as_str(),
+            exited.pid,
+            exited.exit_status
+        ),
+        (dir.id.as_str(), dir.id.as_str(), pid, 137)
+    );
+    let at = exited.exited_at.as_ref().expect("exited_at");
+    assert_eq!(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(at.seconds).expect("seconds"),
+                u32::try_from(at.nanos).expect("nanos")
+            ),
+        exit.exited_at
+    );
+    client.delete(&dir.id).await.expect("delete");
+    let deleted: ev::TaskDelete = event(
+        &events.next().await,
+        "/tasks/delete",
+        "containerd.events.TaskDelete",
+    );
+    assert_eq!(
+        (
+            deleted.container_id.as_str(),
+            deleted.pid,
+            deleted.exit_status
+        ),
+        (dir.id.as_str(), pid, 137)
+    );
+    events.assert_quiet().await;
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test]
+async fn a_shim_without_an_events_socket_runs_its_task_all_the_same() {
+    if !support::root_tests("a_shim_without_an_events_socket_runs_its_task_all_the_same") {
+        return;
+    }
+    // The events socket names nothing: every event is dropped, nothing
+    // waits for it.
+    let dir = ShimDir::new("no-events");
+    let bundle = Bundle::new(&dir, &["/bin/busybox", "true"], |_| {});
+    let nowhere = dir.dir.path().join("nobody.sock");
+    let client = dir
+        .start_with_events(Some(&nowhere.to_string_lossy()))
+        .await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let started = Instant::now();
+    let pid = client
+        .create(&bundle.task(&dir, None))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    let exit = client.wait(&dir.id).await.expect("wait");
+    assert_eq!(exit.exit_status, 0);
+    client.delete(&dir.id).await.expect("delete");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the task waited for undeliverable events"
+    );
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_recorded_in_the_exit_file_and_published() {
+    if !support::root_tests("an_oom_kill_is_recorded_in_the_exit_file_and_published") {
+        return;
+    }
+    let dir = ShimDir::new("oom");
+    const LIMIT: u64 = 16 << 20;
+    // dd's 64 MiB block buffer, filled from /dev/zero, is past the limit.
+    let bundle = Bundle::new(
+        &dir,
+        &[
+            "/bin/busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64M",
+            "count=1",
+        ],
+        |config| {
+            config["linux"]["resources"]["memory"] =
+                serde_json::json!({"limit": LIMIT, "swap": LIMIT});
+        },
+    );
+    let mut events = EventsServer::new(&dir);
+    let client = dir.start_with_events(Some(&events.address())).await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(&dir, None))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    let exit = client
+        .wait_recorded(&dir.id, &dir.state_dir())
+        .await
+        .expect("wait");
+    assert_eq!(exit.exit_status, 137, "dd was not killed: {exit:?}");
+    assert!(exit.oom_killed, "the OOM kill was not recorded: {exit:?}");
+    assert!(dir.exit_file().is_some_and(|e| e.oom_killed));
+    let topics: Vec<String> = [
+        events.next().await,
+        events.next().await,
+        events.next().await,
+    ]
+    .into_iter()
+    .map(|r| r.envelope.topic)
+    .collect();
+    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/oom"]);
+    let exited = events.next().await;
+    let _: ev::TaskExit = event(&exited, "/tasks/exit", "containerd.events.TaskExit");
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+
+    // A plain SIGKILL is no OOM kill.
+    let dir = ShimDir::new("not-oom");
+    let bundle = Bundle::new(&dir, &["/bin/busybox", "sleep", "1000"], |config| {
+        config["linux"]["resources"]["memory"] = serde_json::json!({"limit": LIMIT});
+    });
+    let client = dir.start().await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(&dir, None))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    client.kill(&dir.id, 9, false).await.expect("kill");
+    let exit = client
+        .wait_recorded(&dir.id, &dir.state_dir())
+        .await
+        .expect("wait");
+    assert_eq!((exit.exit_status, exit.oom_killed), (137, false));
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test]
+async fn update_changes_a_running_containers_cgroup() {
+    if !support::root_tests("update_changes_a_running_containers_cgroup") {
+        return;
+    }
+    let dir = ShimDir::new("update");
+    let bundle = Bundle::new(&dir, &["/bin/busybox", "sleep", "1000"], |config| {
+        config["linux"]["resources"]["memory"] = serde_json::json!({"limit": 128u64 << 20});
+        config["linux"]["resources"]["cpu"] = serde_json::json!({"shares": 1024});
+    });
+    let client = dir.start().await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(&dir, None))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+
+    let limit: u64 = 64 << 20;
+    let resources = serde_json::json!({"memory": {"limit": limit}, "cpu": {"shares": 512}});
+    client
+        .update(&dir.id, resources.to_string().into_bytes())
+        .await
+        .expect("update");
+    let read = |file: PathBuf| {
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_owned()
+    };
+    if let Some(memory) = cgroup_file(pid, Some("memory"), "memory.limit_in_bytes") {
+        assert_eq!(read(memory), limit.to_string());
+        let shares = cgroup_file(pid, Some("cpu"), "cpu.shares").expect("a v1 cpu cgroup");
+        assert_eq!(read(shares), "512");
+    } else {
+        let memory = cgroup_file(pid, None, "memory.max").expect("a v2 memory cgroup");
+        assert_eq!(read(memory), limit.to_string());
+        // runc's conversion of 512 shares to a cgroup v2 weight.
+        let weight = cgroup_file(pid, None, "cpu.weight").expect("a v2 cpu cgroup");
+        assert_eq!(read(weight), (1 + (512 - 2) * 9999 / 262_142).to_string());
+    }
+
+    for bad in [
+        &b""[..],
+        b"not json",
+        b"{\"memory\": {\"limit\": \"lots\"}}",
+    ] {
+        match client.update(&dir.id, bad.to_vec()).await {
+            Err(ShimClientError::InvalidArgument(_)) => {}
+            other => panic!(
+                "update with {:?} answered {other:?}",
+                String::from_utf8_lossy(bad)
+            ),
+        }
+    }
+    assert!(matches!(
+        client
+            .update("other", resources.to_string().into_bytes())
+            .await,
+        Err(ShimClientError::NotFound(_))
+    ));
+    client.kill(&dir.id, 9, false).await.expect("kill");
+    client.wait(&dir.id).await.expect("wait");
+    assert!(matches!(
+        client
+            .update(&dir.id, resources.to_string().into_bytes())
+            .await,
+        Err(ShimClientError::FailedPrecondition(_))
+    ));
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+/// Environment variable naming a shim binary whose resident memory
+/// [`idle_shim_resident_memory_stays_under_2_mib`] measures (a static
+/// `release-small` build, as `scripts/install-and-run` makes).
+const RSS_BINARY_ENV: &str = "BERTH_SHIM_RSS_BINARY";
+
+#[tokio::test]
+async fn idle_shim_resident_memory_stays_under_2_mib() {
+    if !support::root_tests("idle_shim_resident_memory_stays_under_2_mib") {
+        return;
+    }
+    let Some(binary) = std::env::var_os(RSS_BINARY_ENV) else {
+        eprintln!(
+            "\n!!! SKIPPED idle_shim_resident_memory_stays_under_2_mib: set {RSS_BINARY_ENV} \
+             to a static release-small berth-shim to measure it !!!\n"
+        );
+        return;
+    };
+    let mut dir = ShimDir::new("rss");
+    dir.shim = PathBuf::from(binary);
+    let bundle = Bundle::new(
+        &dir,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo ready; exec /bin/busybox sleep 1000",
+        ],
+        |_| {},
+    );
+    // The publisher's thread runs when the shim has an events socket.
+    let events = EventsServer::new(&dir);
+    let log = dir.dir.path().join("c.log");
+    let client = dir.start_with_events(Some(&events.address())).await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(&dir, Some(log.clone())))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    wait_for_text(&log, "ready").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{shim}/status")).expect("shim status");
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{shim}/task"))
+        .expect("shim threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    eprintln!(
+        "berth-shim resident memory with a running container: {rss_kib} KiB, {threads} threads: {names:?}"
+    );
+    assert!(rss_kib < 2048, "berth-shim uses {rss_kib} KiB");
+    client.kill(&dir.id, 9, false).await.expect("kill");
+    client.wait(&dir.id).await.expect("wait");
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
 }

@@ -6,14 +6,18 @@
 //! ```text
 //! pid=1234
 //! exit_status=143
-//! signal=15
+//! signal=9
 //! exited_at=1764216000.123456789
+//! oom_killed=true
 //! ```
 //!
 //! `exit_status` follows containerd: the exit code, or 128 + the signal
 //! number when the process was killed by a signal (`signal` is then set, and
 //! absent otherwise). `exited_at` is seconds.nanoseconds since the Unix
-//! epoch. berthd reads the file when the shim itself is gone.
+//! epoch. `oom_killed` says whether the kernel's OOM killer killed a process
+//! of the task's cgroup while it ran (files written before the line existed
+//! read as `false`). berthd reads the file when the shim itself is gone, and
+//! after `Wait` for what `Wait` cannot carry (`oom_killed`).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +37,8 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// When the shim reaped it.
     pub exited_at: SystemTime,
+    /// Whether the OOM killer killed a process of the task's cgroup.
+    pub oom_killed: bool,
 }
 
 /// Why an exit file could not be read or written.
@@ -64,6 +70,7 @@ impl ExitRecord {
             exit_status: u32::try_from(code).unwrap_or(255),
             signal: None,
             exited_at,
+            oom_killed: false,
         }
     }
 
@@ -74,6 +81,7 @@ impl ExitRecord {
             exit_status: 128 + u32::try_from(signal).unwrap_or(0),
             signal: Some(signal),
             exited_at,
+            oom_killed: false,
         }
     }
 
@@ -97,12 +105,14 @@ impl ExitRecord {
             at.as_secs(),
             at.subsec_nanos()
         ));
+        text.push_str(&format!("oom_killed={}\n", self.oom_killed));
         text
     }
 
     /// Parses the file's text.
     pub fn from_text(text: &str) -> Result<Self, String> {
         let (mut pid, mut status, mut signal, mut at) = (None, None, None, None);
+        let mut oom_killed = false;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (key, value) = line
                 .split_once('=')
@@ -113,6 +123,11 @@ impl ExitRecord {
                 "exit_status" => status = Some(value.parse().map_err(|_| bad("exit_status"))?),
                 "signal" => signal = Some(value.parse().map_err(|_| bad("signal"))?),
                 "exited_at" => at = Some(parse_time(value).ok_or_else(|| bad("exited_at"))?),
+                "oom_killed" => {
+                    oom_killed = value
+                        .parse()
+                        .map_err(|_| format!("oom_killed {value:?} is not true or false"))?
+                }
                 // Later versions may add keys; they do not change these.
                 _ => {}
             }
@@ -122,6 +137,7 @@ impl ExitRecord {
             exit_status: status.ok_or("no exit_status")?,
             signal,
             exited_at: at.ok_or("no exited_at")?,
+            oom_killed,
         })
     }
 
@@ -193,6 +209,26 @@ mod tests {
         let code = ExitRecord::exited(7, 3, at);
         code.write(dir.path()).expect("overwrite");
         assert_eq!(ExitRecord::read(dir.path()).expect("read"), Some(code));
+        let oom = ExitRecord {
+            oom_killed: true,
+            ..ExitRecord::signaled(8, 9, at)
+        };
+        oom.write(dir.path()).expect("overwrite");
+        assert_eq!(ExitRecord::read(dir.path()).expect("read"), Some(oom));
+    }
+
+    #[test]
+    fn reads_files_written_before_oom_killed_existed() {
+        let old =
+            ExitRecord::from_text("pid=1\nexit_status=137\nsignal=9\nexited_at=5.000000001\n")
+                .expect("an old file parses");
+        assert_eq!(
+            (old.exit_status, old.signal, old.oom_killed),
+            (137, Some(9), false)
+        );
+        assert!(
+            ExitRecord::from_text("pid=1\nexit_status=0\nexited_at=1.0\noom_killed=1").is_err()
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Containers {
             )));
         }
         let dir = shim_dir(&record);
-        let client = shim_client::start(&shim_client::binary(), SHIM_NAMESPACE, &record.id, &dir)
+        let client = shim_client::start(&shim_client::binary(), SHIM_NAMESPACE, &record.id, &dir, None)
             .await
             .map_err(shim_error)?;
         let log = (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path));
@@ -269,6 +269,7 @@ impl Containers {
                         let exit = TaskExit {
                             exit_status: 255,
                             exited_at: SystemTime::now(),
+                            oom_killed: false,
                         };
                         record_exit(&self.store, &entry, &exit);
                         tracing::warn!(container = %record.id, "shim and exit file gone; container marked exited");

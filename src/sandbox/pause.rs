@@ -72,6 +72,7 @@ pub async fn start(
         SHIM_NAMESPACE,
         &record.id,
         &shim_dir(record),
+        None,
     )
     .await
     .map_err(shim)?;

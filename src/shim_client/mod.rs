@@ -24,6 +24,8 @@ use ttrpc::context::{self, Context};
 
 pub use berth_shim::options::TaskOptions;
 
+/// The environment variable that gives a shim its events socket.
+const EVENTS_ADDRESS_ENV: &str = berth_shim::server::events::ADDRESS_ENV;
 /// How long `berth-shim start` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call other than `Wait` may take (runc create included).
@@ -175,13 +177,29 @@ pub enum TaskStatus {
     Unknown,
 }
 
-/// How a task's init ended.
+/// How a task's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskExit {
     /// Exit code, or 128 + signal.
     pub exit_status: u32,
     /// When it exited.
     pub exited_at: SystemTime,
+    /// Whether the kernel's OOM killer killed a process of the task's
+    /// cgroup. Only the exit file carries it: `false` in what `Wait`,
+    /// `State` and `Delete` report; see [`ShimClient::wait_recorded`] and
+    /// [`read_exit_file`].
+    pub oom_killed: bool,
+}
+
+impl TaskExit {
+    /// An exit as the Task API reports it (without `oom_killed`).
+    fn reported(exit_status: u32, exited_at: &MessageField<Timestamp>) -> Self {
+        Self {
+            exit_status,
+            exited_at: time(exited_at),
+            oom_killed: false,
+        }
+    }
 }
 
 /// A task as `State` reports it.
@@ -236,13 +254,23 @@ pub fn binary() -> PathBuf {
 
 /// Runs `binary -namespace NS -id ID -state-dir DIR start`, which returns
 /// once the daemonized shim listens, and connects to the address it prints.
+///
+/// `events` is the socket (a path or `unix://<path>`) of a ttrpc server
+/// with containerd's `containerd.services.events.ttrpc.v1.Events/Forward`,
+/// which the shim then publishes its task events to (`TTRPC_ADDRESS` in its
+/// environment, containerd's convention); `None` means no events.
 pub async fn start(
     binary: &Path,
     namespace: &str,
     id: &str,
     state_dir: &Path,
+    events: Option<&str>,
 ) -> Result<ShimClient, ShimClientError> {
     let mut cmd = tokio::process::Command::new(binary);
+    match events {
+        Some(address) => cmd.env(EVENTS_ADDRESS_ENV, address),
+        None => cmd.env_remove(EVENTS_ADDRESS_ENV),
+    };
     cmd.args(["-namespace", namespace, "-id", id, "-state-dir"])
         .arg(state_dir)
         .arg("start")
@@ -283,12 +311,29 @@ pub async fn connect(address: &str) -> Result<ShimClient, ShimClientError> {
 }
 
 /// The exit the shim recorded in `state_dir`, if any: how berthd learns how
-/// a task ended when its shim is gone too.
+/// a task ended when its shim is gone too, and whether it was OOM-killed.
 pub fn read_exit_file(state_dir: &Path) -> Result<Option<TaskExit>, ShimClientError> {
     Ok(ExitRecord::read(state_dir)?.map(|r| TaskExit {
         exit_status: r.exit_status,
         exited_at: r.exited_at,
+        oom_killed: r.oom_killed,
     }))
+}
+
+/// The type URL containerd gives the JSON of an OCI `LinuxResources`.
+const LINUX_RESOURCES_TYPE: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// `exit` with `oom_killed` from `recorded` when `recorded` is the same
+/// exit (the file of an earlier task in the same state dir is not).
+fn with_recorded_oom(exit: TaskExit, recorded: Option<TaskExit>) -> TaskExit {
+    match recorded {
+        Some(r) if (r.exit_status, r.exited_at) == (exit.exit_status, exit.exited_at) => TaskExit {
+            oom_killed: r.oom_killed,
+            ..exit
+        },
+        _ => exit,
+    }
 }
 
 fn call_context() -> Context {
@@ -347,10 +392,8 @@ impl ShimClient {
             Ok(ApiStatus::PAUSED) => TaskStatus::Paused,
             _ => TaskStatus::Unknown,
         };
-        let exit = (status == TaskStatus::Stopped).then(|| TaskExit {
-            exit_status: resp.exit_status,
-            exited_at: time(&resp.exited_at),
-        });
+        let exit = (status == TaskStatus::Stopped)
+            .then(|| TaskExit::reported(resp.exit_status, &resp.exited_at));
         Ok(TaskState {
             id: resp.id,
             pid: resp.pid,
@@ -371,14 +414,38 @@ impl ShimClient {
     }
 
     /// Blocks (without a timeout) until the task's init exits.
+    /// `oom_killed` is always `false`: see [`Self::wait_recorded`].
     pub async fn wait(&self, id: &str) -> Result<TaskExit, ShimClientError> {
         let mut req = api::WaitRequest::new();
         req.id = id.to_owned();
         let resp = self.task.wait(context::Context::default(), &req).await?;
-        Ok(TaskExit {
-            exit_status: resp.exit_status,
-            exited_at: time(&resp.exited_at),
-        })
+        Ok(TaskExit::reported(resp.exit_status, &resp.exited_at))
+    }
+
+    /// [`Self::wait`], completed from the exit file the shim wrote in
+    /// `state_dir` before it answered: the exit with `oom_killed`.
+    pub async fn wait_recorded(
+        &self,
+        id: &str,
+        state_dir: &Path,
+    ) -> Result<TaskExit, ShimClientError> {
+        let exit = self.wait(id).await?;
+        Ok(with_recorded_oom(exit, read_exit_file(state_dir)?))
+    }
+
+    /// Updates the task's resources: `resources_json` is the JSON of an OCI
+    /// `LinuxResources` (`runc update --resources -`). A malformed value is
+    /// [`ShimClientError::InvalidArgument`]; an exited task
+    /// [`ShimClientError::FailedPrecondition`].
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ShimClientError> {
+        let mut req = api::UpdateTaskRequest::new();
+        req.id = id.to_owned();
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = LINUX_RESOURCES_TYPE.into();
+        any.value = resources_json;
+        req.resources = MessageField::some(any);
+        self.task.update(call_context(), &req).await?;
+        Ok(())
     }
 
     /// Deletes the stopped (or never started) task.
@@ -388,10 +455,7 @@ impl ShimClient {
         let resp = self.task.delete(call_context(), &req).await?;
         Ok(DeletedTask {
             pid: resp.pid,
-            exit: TaskExit {
-                exit_status: resp.exit_status,
-                exited_at: time(&resp.exited_at),
-            },
+            exit: TaskExit::reported(resp.exit_status, &resp.exited_at),
         })
     }
 
@@ -432,10 +496,7 @@ impl ShimClient {
         req.id = id.to_owned();
         req.exec_id = exec_id.to_owned();
         let resp = self.task.wait(context::Context::default(), &req).await?;
-        Ok(TaskExit {
-            exit_status: resp.exit_status,
-            exited_at: time(&resp.exited_at),
-        })
+        Ok(TaskExit::reported(resp.exit_status, &resp.exited_at))
     }
 
     /// Signals the exec process.
@@ -547,8 +608,31 @@ mod tests {
             read_exit_file(dir.path()).expect("read"),
             Some(TaskExit {
                 exit_status: 137,
-                exited_at: at
+                exited_at: at,
+                oom_killed: false,
             })
+        );
+        ExitRecord {
+            oom_killed: true,
+            ..ExitRecord::signaled(3, 9, at)
+        }
+        .write(dir.path())
+        .expect("write");
+        let recorded = read_exit_file(dir.path()).expect("read");
+        assert!(recorded.is_some_and(|e| e.oom_killed));
+        let waited = TaskExit {
+            exit_status: 137,
+            exited_at: at,
+            oom_killed: false,
+        };
+        assert!(with_recorded_oom(waited, recorded).oom_killed);
+        let other = TaskExit {
+            exited_at: at + Duration::from_secs(1),
+            ..waited
+        };
+        assert!(
+            !with_recorded_oom(other, recorded).oom_killed,
+            "another exit's file was taken for this one"
         );
     }
 }

@@ -13,7 +13,10 @@ pub const USAGE: &str = "usage: berth-shim -namespace NS -id ID [-address ADDR] 
 start   daemonizes a shim for task ID, listening on a ttrpc socket in the state dir
         (default /run/berth/shim/NS/ID), prints its address and exits 0 once it listens
 delete  cleans up after a shim that cannot be reached: kills its processes, removes its
-        socket, and prints a protobuf DeleteResponse";
+        socket, and prints a protobuf DeleteResponse
+
+environment: TTRPC_ADDRESS (a socket path or unix://PATH) receives task events through
+containerd.services.events.ttrpc.v1.Events/Forward";
 
 /// What the shim is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +35,8 @@ pub struct ShimArgs {
     /// The task id.
     pub id: String,
     /// The caller's own address (containerd's; kept for compatibility, not
-    /// used: berth-shim publishes no events).
+    /// used: events go to the socket in `TTRPC_ADDRESS`, see
+    /// [`super::events`]).
     pub address: Option<String>,
     /// The task's bundle, if given.
     pub bundle: Option<PathBuf>,

@@ -20,7 +20,9 @@
 mod args;
 mod cri_log;
 mod delete;
+pub mod events;
 mod monitor;
+mod oom;
 mod record;
 mod service;
 mod start;

@@ -283,8 +283,16 @@ impl Task for Service {
         unimplemented("CloseIO")
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Update")
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        // containerd's convention: the Any holds the JSON of an OCI
+        // LinuxResources (type `.../runtime-spec/1/LinuxResources`).
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| any.value.as_slice())
+            .unwrap_or_default();
+        self.supervisor.update(&req.id, resources)?;
+        Ok(Empty::new())
     }
 
     fn stats(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use containerd_shim_protos::shim::shim_ttrpc::create_task;
 
+use super::events::Publisher;
 use super::monitor::Monitor;
 use super::service::Service;
 use super::task::Supervisor;
@@ -115,7 +116,9 @@ fn set_up(args: &ShimArgs, address: &str) -> Result<(ttrpc::Server, Receiver<()>
     )?;
 
     let monitor = Monitor::start().map_err(|e| ShimError::io("start the reaper", e))?;
-    let supervisor = Arc::new(Supervisor::new(state_dir.clone(), monitor));
+    let events = Publisher::from_env(&args.namespace)
+        .map_err(|e| ShimError::io("start the events publisher", e))?;
+    let supervisor = Arc::new(Supervisor::new(state_dir.clone(), monitor, events));
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
     let service = Arc::new(Service::new(supervisor, shutdown_tx));
     let server_err = |source| ShimError::Server {

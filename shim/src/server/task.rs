@@ -13,7 +13,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::events::{Event, Publisher};
 use super::monitor::{Cursor, Monitor};
+use super::oom::OomCounter;
 use super::record::{Runner, TASK_FILE, TaskRecord, start_time};
 use crate::exit::ExitRecord;
 use crate::options::TaskOptions;
@@ -68,6 +70,26 @@ pub(crate) struct CreateSpec {
     pub(crate) options: TaskOptions,
 }
 
+impl CreateSpec {
+    /// The `/tasks/create` event for this task with init `pid`.
+    fn event(&self, pid: i32) -> Event {
+        Event::Create {
+            id: self.id.clone(),
+            bundle: self.bundle.to_string_lossy().into_owned(),
+            stdin: String::new(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            terminal: false,
+            pid: event_pid(pid),
+        }
+    }
+}
+
+/// A pid as events carry it.
+fn event_pid(pid: i32) -> u32 {
+    u32::try_from(pid).unwrap_or(0)
+}
+
 /// A snapshot of the task for `State`.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskView {
@@ -84,6 +106,9 @@ pub(crate) struct TaskView {
 struct Task {
     view: TaskView,
     runner: Runner,
+    /// The OOM kill count of the container's memory cgroup (runc tasks
+    /// whose cgroup has one).
+    oom: Option<OomCounter>,
     /// Exec processes by exec id.
     execs: std::collections::HashMap<String, ExecProcess>,
 }
@@ -111,6 +136,7 @@ struct ExecProcess {
 pub(crate) struct Supervisor {
     state_dir: PathBuf,
     monitor: Arc<Monitor>,
+    events: Publisher,
     task: Mutex<Option<Task>>,
     changed: Condvar,
 }
@@ -118,11 +144,12 @@ pub(crate) struct Supervisor {
 type Guard<'a> = MutexGuard<'a, Option<Task>>;
 
 impl Supervisor {
-    /// A supervisor with no task yet.
-    pub(crate) fn new(state_dir: PathBuf, monitor: Arc<Monitor>) -> Self {
+    /// A supervisor with no task yet; task events go to `events`.
+    pub(crate) fn new(state_dir: PathBuf, monitor: Arc<Monitor>, events: Publisher) -> Self {
         Self {
             state_dir,
             monitor,
+            events,
             task: Mutex::new(None),
             changed: Condvar::new(),
         }
@@ -190,6 +217,11 @@ impl Supervisor {
                 self.pause_create(&spec, binary, args, &cursor)?
             }
         };
+        // The runtime has put the init in its cgroup by now.
+        let oom = match runner {
+            Runner::Runc { .. } => OomCounter::of_process(pid),
+            Runner::Pause { .. } => None,
+        };
         let record = TaskRecord {
             id: spec.id.clone(),
             pid,
@@ -208,6 +240,7 @@ impl Supervisor {
                 watcher.record_exit(exit);
             })
             .map_err(|e| TaskError::Internal(format!("cannot start the exit watcher: {e}")))?;
+        self.events.publish(spec.event(pid));
         *guard = Some(Task {
             view: TaskView {
                 id: spec.id,
@@ -219,18 +252,25 @@ impl Supervisor {
                 stderr: spec.stderr,
             },
             runner,
+            oom,
             execs: std::collections::HashMap::new(),
         });
         Ok(pid)
     }
 
-    /// Writes the exit file, then makes the exit visible to `State` and
-    /// `Wait`: an exit is never reported before it is on disk.
-    ///
-    /// TODO: OOM kills (cgroup v1 `memory.oom_control` eventfd, v2
-    /// `memory.events`) are not detected yet; an OOM-killed init is recorded
-    /// as killed by SIGKILL.
-    fn record_exit(&self, exit: ExitRecord) {
+    /// Writes the exit file (with whether the OOM killer struck the
+    /// container's cgroup, read before the runtime may delete the cgroup),
+    /// then makes the exit visible to `State` and `Wait`, then publishes it:
+    /// an exit is never reported before it is on disk.
+    fn record_exit(&self, mut exit: ExitRecord) {
+        let (id, oom) = {
+            let guard = self.lock();
+            match guard.as_ref().filter(|t| t.view.pid == exit.pid) {
+                Some(task) => (task.view.id.clone(), task.oom.clone()),
+                None => return,
+            }
+        };
+        exit.oom_killed = oom.is_some_and(|counter| counter.grew());
         if let Err(e) = exit.write(&self.state_dir) {
             eprintln!(
                 "berth-shim: cannot record the exit of pid {}: {e}",
@@ -244,6 +284,16 @@ impl Supervisor {
         }
         drop(guard);
         self.changed.notify_all();
+        if exit.oom_killed {
+            self.events.publish(Event::Oom { id: id.clone() });
+        }
+        self.events.publish(Event::Exit {
+            process: id.clone(),
+            id,
+            pid: event_pid(exit.pid),
+            exit_status: exit.exit_status,
+            exited_at: exit.exited_at,
+        });
     }
 
     fn runc_create(&self, spec: &CreateSpec, runner: &Runner) -> Result<i32, TaskError> {
@@ -296,19 +346,41 @@ impl Supervisor {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<(), TaskError> {
+        self.runc_with_input(runner, args, None, stdout, stderr)
+            .map_err(RuncFailure::into_task_error)
+    }
+
+    /// Runs the OCI runtime to completion with `input` on its stdin (none:
+    /// `/dev/null`).
+    fn runc_with_input(
+        &self,
+        runner: &Runner,
+        args: &[OsString],
+        input: Option<&[u8]>,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<(), RuncFailure> {
         let Runner::Runc { binary, root } = runner else {
-            return Err(TaskError::Internal("not a runc task".into()));
+            return Err(RuncFailure::Spawn("not a runc task".into()));
         };
         let log = self.state_dir.join(RUNC_LOG_FILE);
         let mut cmd = Command::new(binary);
         if let Some(root) = root {
             cmd.arg("--root").arg(root);
         }
+        let (stdin, writer) = match input {
+            Some(_) => {
+                let (reader, writer) = std::io::pipe()
+                    .map_err(|e| RuncFailure::Spawn(format!("cannot make a pipe: {e}")))?;
+                (Stdio::from(reader), Some(writer))
+            }
+            None => (Stdio::null(), None),
+        };
         cmd.arg("--log")
             .arg(&log)
             .args(["--log-format", "json"])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
         let what = format!(
@@ -321,22 +393,76 @@ impl Supervisor {
         let cursor = self.monitor.subscribe();
         let child = cmd
             .spawn()
-            .map_err(|e| TaskError::Internal(format!("cannot run {what}: {e}")))?;
+            .map_err(|e| RuncFailure::Spawn(format!("cannot run {what}: {e}")))?;
+        drop(cmd);
+        if let (Some(mut writer), Some(input)) = (writer, input) {
+            // The runtime reads all of its input before it acts; one that
+            // failed early closed the pipe, and its status says why.
+            let _ = std::io::Write::write_all(&mut writer, input);
+        }
         let exit = wait_child(&cursor, &child);
         if exit.exit_status == 0 {
             return Ok(());
         }
-        let why = std::fs::read_to_string(&log)
+        let message = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
             .rev()
             .find(|l| l.contains("\"error\""))
-            .map(str::to_owned)
+            .map(runtime_message)
             .unwrap_or_default();
-        Err(TaskError::Internal(format!(
-            "{what} failed with status {}: {why}",
-            exit.exit_status
-        )))
+        Err(RuncFailure::Failed {
+            what,
+            status: exit.exit_status,
+            message,
+        })
+    }
+
+    /// Updates the container's resources: `resources` is the JSON of an
+    /// OCI `LinuxResources`, handed to `runc update --resources -`.
+    pub(crate) fn update(&self, id: &str, resources: &[u8]) -> Result<(), TaskError> {
+        if resources.iter().all(u8::is_ascii_whitespace) {
+            return Err(TaskError::InvalidArgument(
+                "update: the resources are empty".into(),
+            ));
+        }
+        if !resources.trim_ascii_start().starts_with(b"{") {
+            return Err(TaskError::InvalidArgument(
+                "update: the resources are not a JSON object (an OCI LinuxResources)".into(),
+            ));
+        }
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        if !matches!(task.runner, Runner::Runc { .. }) {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {id:?} is the pause process, which has no resources of its own"
+            )));
+        }
+        if task.view.exit.is_some() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {id:?} has exited"
+            )));
+        }
+        let args = ["update".into(), "--resources".into(), "-".into(), id.into()];
+        self.runc_with_input(
+            &task.runner,
+            &args,
+            Some(resources),
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .map_err(|failure| match failure {
+            // runc refuses input it cannot decode before touching anything.
+            RuncFailure::Failed { message, .. }
+                if message.contains("json:")
+                    || message.contains("invalid character")
+                    || message.contains("unmarshal")
+                    || message.contains("decod") =>
+            {
+                TaskError::InvalidArgument(format!("update: {message}"))
+            }
+            other => other.into_task_error(),
+        })
     }
 
     fn pause_create(
@@ -420,6 +546,10 @@ impl Supervisor {
         if task.view.exit.is_none() {
             task.view.status = Status::Running;
         }
+        self.events.publish(Event::Start {
+            id: id.to_owned(),
+            pid: event_pid(task.view.pid),
+        });
         Ok(task.view.pid)
     }
 
@@ -509,6 +639,10 @@ impl Supervisor {
                 exit: None,
             },
         );
+        self.events.publish(Event::ExecAdded {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        });
         Ok(())
     }
 
@@ -565,6 +699,12 @@ impl Supervisor {
                 exec.pid = Some(pid);
             }
         }
+        // Published before the watcher exists, so it precedes the exit.
+        self.events.publish(Event::ExecStarted {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            pid: event_pid(pid),
+        });
         let supervisor = Arc::clone(self);
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::Builder::new()
@@ -580,6 +720,13 @@ impl Supervisor {
                 }
                 drop(guard);
                 supervisor.changed.notify_all();
+                supervisor.events.publish(Event::Exit {
+                    id,
+                    process: exec_id,
+                    pid: event_pid(exit.pid),
+                    exit_status: exit.exit_status,
+                    exited_at: exit.exited_at,
+                });
             })
             .map_err(|e| TaskError::Internal(format!("cannot start the exec watcher: {e}")))?;
         Ok(pid)
@@ -629,12 +776,9 @@ impl Supervisor {
                 "exec {exec_id:?} is running"
             )));
         }
-        let exit = exec.exit.unwrap_or(ExitRecord {
-            pid: 0,
-            exit_status: 0,
-            signal: None,
-            exited_at: std::time::SystemTime::now(),
-        });
+        let exit = exec
+            .exit
+            .unwrap_or_else(|| ExitRecord::exited(0, 0, std::time::SystemTime::now()));
         task.execs.remove(exec_id);
         Ok(exit)
     }
@@ -689,6 +833,12 @@ impl Supervisor {
         *guard = None;
         drop(guard);
         self.changed.notify_all();
+        self.events.publish(Event::Delete {
+            id: id.to_owned(),
+            pid: event_pid(exit.pid),
+            exit_status: exit.exit_status,
+            exited_at: exit.exited_at,
+        });
         Ok(exit)
     }
 
@@ -701,6 +851,67 @@ impl Supervisor {
         }
         Ok(descendants(task.view.pid))
     }
+}
+
+/// Why a run of the OCI runtime failed.
+#[derive(Debug)]
+enum RuncFailure {
+    /// It could not be run.
+    Spawn(String),
+    /// It ran and failed.
+    Failed {
+        /// `<binary> <command>`.
+        what: String,
+        /// Its exit status.
+        status: u32,
+        /// Its last error message.
+        message: String,
+    },
+}
+
+impl RuncFailure {
+    /// The failure as a task error: a runtime that says the container does
+    /// not exist is `NotFound`, anything else `Internal`.
+    fn into_task_error(self) -> TaskError {
+        match self {
+            Self::Spawn(message) => TaskError::Internal(message),
+            Self::Failed {
+                what,
+                status,
+                message,
+            } => {
+                let text = format!("{what} failed with status {status}: {message}");
+                if message.contains("does not exist") || message.contains("not found") {
+                    TaskError::NotFound(text)
+                } else {
+                    TaskError::Internal(text)
+                }
+            }
+        }
+    }
+}
+
+/// The message of one JSON line of the runtime's log
+/// (`{"level":"error","msg":"...","time":"..."}`), or the line itself.
+fn runtime_message(line: &str) -> String {
+    let Some(start) = line.find("\"msg\":\"").map(|i| i + 7) else {
+        return line.to_owned();
+    };
+    let mut message = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return message,
+            '\\' => match chars.next() {
+                Some('n') => message.push('\n'),
+                Some('t') => message.push('\t'),
+                Some(other) => message.push(other),
+                None => break,
+            },
+            c => message.push(c),
+        }
+    }
+    line.to_owned()
 }
 
 /// Waits (through the monitor) for a child spawned after `cursor` was taken.
