@@ -15,10 +15,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::container::{ContainerError, ContainerFilter, Containers};
 use crate::cri::{self, SocketError};
+use crate::events::{EventBus, EventsError, EventsServer, LifecycleBus, TaskEvent};
 use crate::image::{ImageError, Images};
 use crate::input::quoted;
 use crate::network::{self, NetworkConfig, NetworkConfigError};
 use crate::sandbox::{SandboxError, Sandboxes};
+use crate::shim_client::TaskExit;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 /// How long in-flight requests may run after berthd is asked to stop.
@@ -41,6 +43,9 @@ pub enum DaemonError {
     /// The image stores could not be opened.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The shim events service could not be served.
+    #[error(transparent)]
+    Events(#[from] EventsError),
     /// The sandbox records could not be loaded, or a sandbox operation
     /// failed.
     #[error(transparent)]
@@ -71,6 +76,8 @@ pub struct Daemon {
     images: Images,
     sandboxes: Sandboxes,
     containers: Containers,
+    events: EventBus,
+    lifecycle: LifecycleBus,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
     /// sends them), empty until the kubelet sets them.
     pod_cidrs: RwLock<Vec<String>>,
@@ -92,8 +99,9 @@ impl Daemon {
         let store = Store::open(&config.store_path())?;
         let images = Images::open(&config, store.clone())?;
         let shared = Arc::new(config.clone());
-        let sandboxes = Sandboxes::load(shared.clone(), store.clone())?;
-        let containers = Containers::load(shared, store.clone())?;
+        let lifecycle = LifecycleBus::new();
+        let sandboxes = Sandboxes::load(shared.clone(), store.clone(), lifecycle.clone())?;
+        let containers = Containers::load(shared, store.clone(), lifecycle.clone())?;
         tracing::info!(
             root = %config.root.display(),
             state = %config.state.display(),
@@ -106,6 +114,8 @@ impl Daemon {
             images,
             sandboxes,
             containers,
+            events: EventBus::new(),
+            lifecycle,
             pod_cidrs: RwLock::new(Vec::new()),
         }))
     }
@@ -305,6 +315,9 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let path = self.config.grpc.address.clone();
         let listener = cri::bind_socket(&path, self.config.grpc.gid)?;
+        // Events first, so shims that publish while berthd recovers reach it.
+        let events = EventsServer::serve(&self.config.state, self.events.clone()).await?;
+        self.clone().follow_events();
         self.containers.recover().await;
         let (runtime, image) = cri::services(self.clone());
         tracing::info!(socket = %path.display(), version = crate::VERSION, "berthd serving CRI");
@@ -333,11 +346,63 @@ impl Daemon {
             }
         };
         notify_systemd("STOPPING=1");
+        events.shutdown().await;
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
         }
         tracing::info!("berthd stopped; pods and containers keep running");
         Ok(result?)
+    }
+}
+
+impl Daemon {
+    /// Acts on the task events shims publish: a container's exit is
+    /// recorded at once, a sandbox whose pause exited turns NotReady.
+    fn follow_events(self: Arc<Self>) {
+        let mut events = self.events.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // Wait and the exit files still cover every exit.
+                        tracing::warn!(missed, "task events missed");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                match &event {
+                    TaskEvent::Exited {
+                        container_id,
+                        exit_status,
+                        exited_at,
+                        ..
+                    } if event.is_init_exit() => {
+                        let exit = TaskExit {
+                            exit_status: *exit_status,
+                            exited_at: *exited_at,
+                            oom_killed: false,
+                        };
+                        self.containers.task_exited(container_id, &exit);
+                        self.sandboxes.pause_exited(container_id);
+                    }
+                    TaskEvent::OutOfMemory { container_id } => {
+                        tracing::info!(container = %container_id, "OOM kill in the container's cgroup");
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// The bus container and sandbox lifecycle changes are published on.
+    pub fn lifecycle(&self) -> &LifecycleBus {
+        &self.lifecycle
+    }
+
+    /// The bus task events are published on.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 }
 

@@ -21,6 +21,8 @@ pub mod content;
 pub mod cri;
 /// The berthd process: opening the stores, serving, stopping.
 pub mod daemon;
+/// Task events published by the shims (containerd's events ttrpc service).
+pub mod events;
 /// Object ids: random hex, lookup by unique prefix.
 pub mod id;
 /// Images: pull, list, status, remove, garbage collection.
@@ -36,13 +38,13 @@ pub mod sandbox;
 /// Client of the per-container and per-sandbox shims (shim v2 Task API
 /// over ttrpc): start, connect, typed task calls, the recorded exit file.
 pub mod shim_client;
-/// The streaming server: exec, attach and port-forward over SPDY/3.1 and
-/// WebSocket.
-pub mod streaming;
 /// Unpacked layers keyed by chain id, shared between images.
 pub mod snapshot;
 /// The metadata store (redb): records that survive restarts.
 pub mod store;
+/// The streaming server: exec, attach and port-forward over SPDY/3.1 and
+/// WebSocket.
+pub mod streaming;
 
 /// berthd's version, reported as the CRI `runtime_version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

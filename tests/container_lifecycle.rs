@@ -103,17 +103,8 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
         .expect("push");
     let image = pushed.reference().to_string();
     let mut berthd = Berthd::start_with_network("").await;
+    berthd.pull(&image).await;
     let mut images = berthd.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
     let mut rt = berthd.runtime().await;
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -195,6 +186,36 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
     let st = wait_state(&mut rt, &quick, ContainerState::ContainerExited).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
 
+    // The termination message: reported when berth backs the file (no
+    // kubelet mount at the path), left to the kubelet when it mounts one.
+    let mut farewell = create(
+        "farewell",
+        &["sh", "-c", "echo goodbye > /dev/termination-log; exit 2"],
+    );
+    if let Some(c) = farewell.config.as_mut() {
+        c.annotations.insert(
+            "io.kubernetes.container.terminationMessagePath".into(),
+            "/dev/termination-log".into(),
+        );
+    }
+    let farewell = rt
+        .create_container(farewell)
+        .await
+        .expect("create farewell")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: farewell.clone(),
+    })
+    .await
+    .expect("start farewell");
+    let st = wait_state(&mut rt, &farewell, ContainerState::ContainerExited).await;
+    assert_eq!(
+        (st.exit_code, st.message.as_str()),
+        (2, "goodbye\n"),
+        "{st:?}"
+    );
+
     // kill -9 berthd; the sleeper's process dies meanwhile: after the
     // restart its real exit code is known.
     let ps = std::process::Command::new("pgrep")
@@ -232,6 +253,58 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
     .await
     .expect("start again");
     wait_state(&mut rt, &again, ContainerState::ContainerRunning).await;
+    // UpdateContainerResources reaches the running container's cgroup and
+    // its status; bad values change nothing.
+    let update = |linux: LinuxContainerResources| UpdateContainerResourcesRequest {
+        container_id: again.clone(),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    rt.update_container_resources(update(LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    }))
+    .await
+    .expect("update");
+    let cgroup = format!("berth-ctest-{}-c1/{again}", std::process::id());
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/{cgroup}/{file}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("{controller}/{file}: {e}"))
+    };
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    let err = rt
+        .update_container_resources(update(LinuxContainerResources {
+            memory_limit_in_bytes: -1,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("negative memory");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("linux.memory_limit_in_bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    let st = state(&mut rt, &again).await;
+    let reported = st
+        .resources
+        .and_then(|r| r.linux)
+        .expect("resources reported");
+    assert_eq!(
+        (reported.cpu_shares, reported.memory_limit_in_bytes),
+        (512, 64 << 20)
+    );
+
     rt.stop_container(StopContainerRequest {
         container_id: again.clone(),
         timeout: 1,
@@ -244,6 +317,14 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
         st.exit_code, 137,
         "sleep as PID 1 ignores SIGTERM: killed after the timeout"
     );
+    let err = rt
+        .update_container_resources(update(LinuxContainerResources {
+            cpu_shares: 256,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("exited");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     // Idempotent.
     rt.stop_container(StopContainerRequest {
         container_id: again.clone(),
@@ -251,6 +332,57 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
     })
     .await
     .expect("stop again");
+
+    // A container whose shim is killed: berthd notices, cleans up with
+    // `berth-shim delete` (which kills the orphaned process) and records
+    // an exit that says what happened.
+    let orphaned = rt
+        .create_container(create("orphaned", &["sleep", "3601"]))
+        .await
+        .expect("create orphaned")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: orphaned.clone(),
+    })
+    .await
+    .expect("start orphaned");
+    wait_state(&mut rt, &orphaned, ContainerState::ContainerRunning).await;
+    let pids = |pattern: String| -> Vec<i32> {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let sleeper_pids = pids("sleep 3601".into());
+    assert_eq!(sleeper_pids.len(), 1, "{sleeper_pids:?}");
+    let shim_pids = pids(format!("berth-shim .*-id {orphaned}"));
+    assert_eq!(shim_pids.len(), 1, "{shim_pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let st = wait_state(&mut rt, &orphaned, ContainerState::ContainerExited).await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert!(st.message.contains("shim died"), "{st:?}");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, r)| !r.starts_with('Z'))
+        })
+    };
+    for _ in 0..200 {
+        if !alive(sleeper_pids[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!alive(sleeper_pids[0]), "the orphaned process was killed");
 
     let listed = rt
         .list_containers(ListContainersRequest {

@@ -114,17 +114,23 @@ pub(super) type Entry = crate::id::Object<ContainerRecord>;
 
 /// The container service.
 pub struct Containers {
-    config: Arc<Config>,
+    pub(super) config: Arc<Config>,
     pub(super) store: Store,
+    pub(super) lifecycle: crate::events::LifecycleBus,
     entries: crate::id::Objects<ContainerRecord>,
 }
 
 impl Containers {
     /// Loads every container record.
-    pub fn load(config: Arc<Config>, store: Store) -> Result<Containers, ContainerError> {
+    pub fn load(
+        config: Arc<Config>,
+        store: Store,
+        lifecycle: crate::events::LifecycleBus,
+    ) -> Result<Containers, ContainerError> {
         let containers = Containers {
             config,
             store,
+            lifecycle,
             entries: Default::default(),
         };
         for (_, record) in containers
@@ -247,6 +253,11 @@ impl Containers {
                 &sandbox.cgroup_parent,
                 &id,
             ),
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.as_ref())
+                .map(super::update::record_of),
             dir: self.config.root.join("containers").join(&id),
             bundle: self.config.state.join("containers").join(&id),
         };
@@ -254,6 +265,8 @@ impl Containers {
             Ok(()) => {
                 self.store.put(Table::Containers, &id, &record)?;
                 self.insert(record);
+                self.lifecycle
+                    .publish(&id, &sandbox.id, crate::events::Lifecycle::Created);
                 tracing::info!(container = %id, sandbox = %sandbox.id, "container created");
                 Ok(id)
             }
@@ -341,6 +354,11 @@ impl Containers {
             Ok(())
         })?;
         self.entries.remove(&record.id);
+        self.lifecycle.publish(
+            &record.id,
+            &record.sandbox_id,
+            crate::events::Lifecycle::Deleted,
+        );
         tracing::info!(container = %record.id, "container removed");
         Ok(())
     }

@@ -21,6 +21,7 @@ mod seccomp_default;
 mod security;
 pub mod spec;
 mod task;
+mod update;
 mod user;
 
 pub use containers::{ContainerError, ContainerFilter, Containers};
@@ -29,3 +30,4 @@ pub use record::{ContainerRecord, ContainerState, MountRecord};
 pub use resources::cgroups_path;
 pub use spec::{SpecError, SpecInput, build as build_spec};
 pub use task::{ExecOutput, MAX_EXEC_OUTPUT};
+pub use update::cri_of as cri_resources;

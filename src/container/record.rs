@@ -34,6 +34,32 @@ pub struct MountRecord {
     pub propagation: i32,
 }
 
+/// A container's resources as the CRI gave them (ContainerStatus reports
+/// them back: the kubelet checks an in-place resize through them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesRecord {
+    /// CPU CFS period (µs), 0 = unset.
+    pub cpu_period: i64,
+    /// CPU CFS quota (µs), 0 = unset.
+    pub cpu_quota: i64,
+    /// CPU shares, 0 = unset.
+    pub cpu_shares: i64,
+    /// Memory limit (bytes), 0 = unset.
+    pub memory_limit_in_bytes: i64,
+    /// OOM score adjustment.
+    pub oom_score_adj: i64,
+    /// cpuset CPUs.
+    pub cpuset_cpus: String,
+    /// cpuset memory nodes.
+    pub cpuset_mems: String,
+    /// Hugepage limits: page size ("2MB") and bytes.
+    pub hugepage_limits: Vec<(String, u64)>,
+    /// cgroup v2 files and values.
+    pub unified: BTreeMap<String, String>,
+    /// Memory + swap limit (bytes), 0 = unset.
+    pub memory_swap_limit_in_bytes: i64,
+}
+
 /// One container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -86,6 +112,9 @@ pub struct ContainerRecord {
     /// The container's cgroup, relative to the hierarchies' roots.
     #[serde(default)]
     pub cgroup: String,
+    /// The resources the container was created or last updated with.
+    #[serde(default)]
+    pub resources: Option<ResourcesRecord>,
     /// Persistent directory: the writable layer and the rootfs mount point.
     pub dir: PathBuf,
     /// Runtime state directory: the OCI bundle (`config.json`).

@@ -11,8 +11,6 @@ use oci_spec::runtime::{
 use super::spec::{SpecError, invalid};
 use crate::config::CgroupDriver;
 
-const FIELD: &str = "config.linux.resources";
-
 /// `linux.cgroupsPath`: a path under the pod's cgroup with the cgroupfs
 /// driver (the same one [`crate::cgroup::object_path`] names); with the
 /// systemd driver runc's `slice:prefix:name` form, which runc turns into
@@ -26,10 +24,12 @@ pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
 }
 
 /// The resources of the spec; `swap_limit` says whether the node can limit
-/// swap at all.
+/// swap at all; errors name fields under `field` (the request's path to
+/// the resources).
 pub fn build(
     resources: Option<&cri::LinuxContainerResources>,
     swap_limit: bool,
+    field: &str,
 ) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
     let Some(r) = resources else {
@@ -40,7 +40,7 @@ pub fn build(
             0 => Ok(None),
             v if v > 0 => Ok(Some(v as u64)),
             v => Err(invalid(
-                format!("{FIELD}.{name}"),
+                format!("{field}.{name}"),
                 format!("{v} is negative"),
             )),
         }
@@ -60,7 +60,7 @@ pub fn build(
     if r.cpu_quota != 0 {
         if r.cpu_quota < -1 {
             return Err(invalid(
-                format!("{FIELD}.cpu_quota"),
+                format!("{field}.cpu_quota"),
                 format!("{} is negative", r.cpu_quota),
             ));
         }
@@ -81,13 +81,13 @@ pub fn build(
 
     if r.memory_limit_in_bytes < 0 {
         return Err(invalid(
-            format!("{FIELD}.memory_limit_in_bytes"),
+            format!("{field}.memory_limit_in_bytes"),
             format!("{} is negative", r.memory_limit_in_bytes),
         ));
     }
     if r.memory_swap_limit_in_bytes < -1 {
         return Err(invalid(
-            format!("{FIELD}.memory_swap_limit_in_bytes"),
+            format!("{field}.memory_swap_limit_in_bytes"),
             format!("{} is negative", r.memory_swap_limit_in_bytes),
         ));
     }
@@ -116,13 +116,13 @@ pub fn build(
         for (i, h) in r.hugepage_limits.iter().enumerate() {
             if h.page_size.is_empty() {
                 return Err(invalid(
-                    format!("{FIELD}.hugepage_limits[{i}].page_size"),
+                    format!("{field}.hugepage_limits[{i}].page_size"),
                     "is empty",
                 ));
             }
             let limit = i64::try_from(h.limit).map_err(|_| {
                 invalid(
-                    format!("{FIELD}.hugepage_limits[{i}].limit"),
+                    format!("{field}.hugepage_limits[{i}].limit"),
                     format!("{} is too large", h.limit),
                 )
             })?;
@@ -140,7 +140,7 @@ pub fn build(
         for key in r.unified.keys() {
             if key.is_empty() || key.contains('/') || key.contains("..") {
                 return Err(invalid(
-                    format!("{FIELD}.unified[{}]", crate::input::quoted(key)),
+                    format!("{field}.unified[{}]", crate::input::quoted(key)),
                     "is not a cgroup file name",
                 ));
             }
@@ -158,6 +158,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FIELD: &str = "config.linux.resources";
 
     #[test]
     fn cgroup_path_per_driver() {
@@ -191,7 +193,7 @@ mod tests {
             unified: [("memory.high".to_string(), "900M".to_string())].into(),
             ..Default::default()
         };
-        let out = build(Some(&r), true).expect("resources");
+        let out = build(Some(&r), true, FIELD).expect("resources");
         let cpu = out.cpu().as_ref().expect("cpu");
         assert_eq!(cpu.shares(), Some(512));
         assert_eq!(cpu.quota(), Some(50_000));
@@ -217,22 +219,23 @@ mod tests {
             memory_swap_limit_in_bytes: 300,
             ..Default::default()
         };
-        let with = build(Some(&r), true).expect("swap");
+        let with = build(Some(&r), true, FIELD).expect("swap");
         assert_eq!(with.memory().as_ref().and_then(|m| m.swap()), Some(300));
-        let without = build(Some(&r), false).expect("no swap controller");
+        let without = build(Some(&r), false, FIELD).expect("no swap controller");
         assert_eq!(without.memory().as_ref().and_then(|m| m.swap()), None);
         assert_eq!(without.memory().as_ref().and_then(|m| m.limit()), Some(100));
     }
 
     #[test]
     fn unset_resources_set_nothing_and_bad_ones_are_named() {
-        let out = build(Some(&cri::LinuxContainerResources::default()), true).expect("empty");
+        let out =
+            build(Some(&cri::LinuxContainerResources::default()), true, FIELD).expect("empty");
         assert!(out.cpu().is_none() && out.memory().is_none());
         let bad = cri::LinuxContainerResources {
             cpu_shares: -2,
             ..Default::default()
         };
-        let err = build(Some(&bad), true).expect_err("negative");
+        let err = build(Some(&bad), true, FIELD).expect_err("negative");
         assert!(
             err.to_string()
                 .contains("config.linux.resources.cpu_shares"),
@@ -242,6 +245,6 @@ mod tests {
             unified: [("../x".to_string(), "1".to_string())].into(),
             ..Default::default()
         };
-        assert!(build(Some(&bad), true).is_err());
+        assert!(build(Some(&bad), true, FIELD).is_err());
     }
 }

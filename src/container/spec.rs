@@ -137,6 +137,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let mut resources = resources::build(
         config.linux.as_ref().and_then(|l| l.resources.as_ref()),
         input.swap_limit,
+        "config.linux.resources",
     )?;
     resources.set_devices(Some(devices.rules));
 

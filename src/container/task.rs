@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::containers::{ContainerError, Containers, Entry};
+use super::mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 use super::record::{ContainerRecord, ContainerState};
+use crate::events::{Lifecycle, LifecycleBus};
 use crate::shim_client::{self, CreateTask, ShimClient, TaskExit, TaskOptions, TaskStatus};
 use crate::store::{Store, Table};
 
 /// The namespace berth's shims run in.
 const SHIM_NAMESPACE: &str = "berth";
+/// How many connections a waiter tries before it takes the shim for dead.
+const WAIT_ATTEMPTS: u64 = 3;
 
 /// The shim's state directory for a container.
 pub fn shim_dir(record: &ContainerRecord) -> PathBuf {
@@ -32,8 +36,17 @@ fn nanos(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes an exit into the record (store first, then memory).
-fn record_exit(store: &Store, entry: &Entry, exit: &TaskExit) {
+/// Where exits are recorded: the store, and the lifecycle bus that tells
+/// GetContainerEvents subscribers.
+#[derive(Clone)]
+pub(super) struct Recorder {
+    pub(super) store: Store,
+    pub(super) lifecycle: LifecycleBus,
+}
+
+/// Writes an exit into the record (store first, then memory) and
+/// announces it, once.
+fn record_exit(rec: &Recorder, entry: &Entry, exit: &TaskExit) {
     let mut record = entry.record();
     if record.state == ContainerState::Exited {
         return;
@@ -43,17 +56,54 @@ fn record_exit(store: &Store, entry: &Entry, exit: &TaskExit) {
     record.finished_at = nanos(exit.exited_at);
     record.reason = if exit.exit_status == 0 {
         "Completed"
-    } else if exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup) {
+    } else if exit.oom_killed
+        || (exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup))
+    {
         "OOMKilled"
     } else {
         "Error"
     }
     .into();
-    if let Err(e) = store.put(Table::Containers, &record.id, &record) {
+    if let Some(message) = termination_message(&record) {
+        record.message = message;
+    }
+    if let Err(e) = rec.store.put(Table::Containers, &record.id, &record) {
         tracing::error!(container = %record.id, error = %e, "exit not recorded");
     }
+    rec.lifecycle
+        .publish(&record.id, &record.sandbox_id, Lifecycle::Stopped);
     tracing::info!(container = %record.id, exit_code = record.exit_code, "container exited");
     entry.set(record);
+}
+
+/// The most the termination message holds (the kubelet's limit per
+/// container); a longer file gives its tail.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
+
+/// What the container wrote to its termination-message file, when berth
+/// backs that file itself (the annotation without a kubelet mount there).
+/// When the kubelet mounts the path, it reads the file from the reported
+/// mounts itself and appends it to the message: reporting it here as well
+/// would show it twice.
+fn termination_message(record: &ContainerRecord) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = record.annotations.get(TERMINATION_MESSAGE_PATH)?;
+    if record
+        .mounts
+        .iter()
+        .any(|m| Path::new(&m.container_path) == Path::new(path))
+    {
+        return None;
+    }
+    let mut file = std::fs::File::open(record.dir.join(TERMINATION_LOG)).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(MAX_TERMINATION_MESSAGE)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TERMINATION_MESSAGE)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Whether the kernel's OOM killer killed a process of the cgroup
@@ -77,24 +127,44 @@ fn oom_killed(cgroup: &str) -> bool {
 }
 
 /// Waits for the task's exit through `client` and records it.
-fn spawn_waiter(store: Store, entry: Arc<Entry>, client: ShimClient, id: String) {
+fn spawn_waiter(rec: Recorder, entry: Arc<Entry>, client: ShimClient, id: String) {
     tokio::spawn(async move {
-        match client.wait(&id).await {
-            Ok(exit) => record_exit(&store, &entry, &exit),
-            Err(e) => {
-                // The shim went away: its exit file has the answer if the
-                // task exited first.
-                let dir = shim_dir(&entry.record());
-                match shim_client::read_exit_file(&dir) {
-                    Ok(Some(exit)) => record_exit(&store, &entry, &exit),
-                    _ => tracing::warn!(container = %id, error = %e, "lost the container's shim"),
-                }
+        let mut client = client;
+        for attempt in 1..=WAIT_ATTEMPTS {
+            let error = match client.wait(&id).await {
+                Ok(exit) => return record_exit(&rec, &entry, &exit),
+                Err(e) => e,
+            };
+            let record = entry.record();
+            if record.state == ContainerState::Exited {
+                return;
             }
+            // Only this connection may be gone: wait again on a new one.
+            if attempt < WAIT_ATTEMPTS
+                && let Some(address) = &record.shim_address
+                && let Ok(again) = shim_client::connect(address).await
+            {
+                tracing::warn!(container = %id, error = %error, "lost the wait on the container's shim; waiting again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                client = again;
+                continue;
+            }
+            break;
         }
+        // The shim is gone: its exit file has the answer if the task exited
+        // first.
+        clean_up_dead_shim(&rec, &entry).await;
     });
 }
 
 impl Containers {
+    pub(super) fn recorder(&self) -> Recorder {
+        Recorder {
+            store: self.store.clone(),
+            lifecycle: self.lifecycle.clone(),
+        }
+    }
+
     /// StartContainer: a shim for the container creates and starts its
     /// task with the pod's runtime handler.
     pub async fn start(
@@ -113,9 +183,16 @@ impl Containers {
             )));
         }
         let dir = shim_dir(&record);
-        let client = shim_client::start(&shim_client::binary(), SHIM_NAMESPACE, &record.id, &dir, None)
-            .await
-            .map_err(shim_error)?;
+        let events = crate::events::address(&self.config.state);
+        let client = shim_client::start(
+            &shim_client::binary(),
+            SHIM_NAMESPACE,
+            &record.id,
+            &dir,
+            Some(&events),
+        )
+        .await
+        .map_err(shim_error)?;
         let log = (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path));
         if let Some(parent) = log.as_ref().and_then(|l| l.parent()) {
             std::fs::create_dir_all(parent).map_err(|source| ContainerError::Io {
@@ -149,7 +226,9 @@ impl Containers {
         record.shim_address = Some(client.address().to_string());
         self.store.put(Table::Containers, &record.id, &record)?;
         entry.set(record.clone());
-        spawn_waiter(self.store.clone(), entry.clone(), client, record.id.clone());
+        self.lifecycle
+            .publish(&record.id, &record.sandbox_id, Lifecycle::Started);
+        spawn_waiter(self.recorder(), entry.clone(), client, record.id.clone());
         tracing::info!(container = %record.id, "container started");
         Ok(())
     }
@@ -201,7 +280,7 @@ impl Containers {
             // The waiter may have lost its connection: ask directly.
             let state = client.state(&record.id).await.map_err(shim_error)?;
             if let (TaskStatus::Stopped, Some(exit)) = (state.status, state.exit) {
-                record_exit(&self.store, entry, &exit);
+                record_exit(&self.recorder(), entry, &exit);
             } else {
                 return Err(ContainerError::Shim(format!(
                     "container {} did not exit after SIGKILL",
@@ -231,12 +310,34 @@ impl Containers {
         Ok(())
     }
 
-    async fn client(&self, record: &ContainerRecord) -> Result<ShimClient, ContainerError> {
+    pub(super) async fn client(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<ShimClient, ContainerError> {
         let address = record
             .shim_address
             .as_deref()
             .ok_or_else(|| ContainerError::Shim(format!("container {} has no shim", record.id)))?;
         shim_client::connect(address).await.map_err(shim_error)
+    }
+
+    /// A shim published the exit of container `id`'s init (an events
+    /// fast path; the waiter records the same exit, whichever comes first).
+    pub fn task_exited(&self, id: &str, exit: &TaskExit) {
+        // Only a running container: one still starting is recorded by its
+        // waiter, after StartContainer marked it running.
+        if let Ok(entry) = self.find(id)
+            && entry.record().id == id
+            && entry.record().state == ContainerState::Running
+        {
+            // The exit file (written before the event) also says whether
+            // the OOM killer struck.
+            let recorded = shim_client::read_exit_file(&shim_dir(&entry.record()))
+                .ok()
+                .flatten()
+                .filter(|r| (r.exit_status, r.exited_at) == (exit.exit_status, exit.exited_at));
+            record_exit(&self.recorder(), &entry, recorded.as_ref().unwrap_or(exit));
+        }
     }
 
     /// After a berthd restart: reconnects to the shim of every running
@@ -253,31 +354,60 @@ impl Containers {
                 Ok(client) => match client.state(&record.id).await {
                     Ok(state) if state.status == TaskStatus::Stopped => {
                         if let Some(exit) = state.exit {
-                            record_exit(&self.store, &entry, &exit);
+                            record_exit(&self.recorder(), &entry, &exit);
                         }
                     }
                     Ok(_) => {
-                        spawn_waiter(self.store.clone(), entry.clone(), client, record.id.clone())
+                        spawn_waiter(self.recorder(), entry.clone(), client, record.id.clone())
                     }
                     Err(e) => {
                         tracing::warn!(container = %record.id, error = %e, "shim does not know the task")
                     }
                 },
-                Err(_) => match shim_client::read_exit_file(&shim_dir(&record)) {
-                    Ok(Some(exit)) => record_exit(&self.store, &entry, &exit),
-                    _ => {
-                        let exit = TaskExit {
-                            exit_status: 255,
-                            exited_at: SystemTime::now(),
-                            oom_killed: false,
-                        };
-                        record_exit(&self.store, &entry, &exit);
-                        tracing::warn!(container = %record.id, "shim and exit file gone; container marked exited");
-                    }
-                },
+                Err(_) => clean_up_dead_shim(&self.recorder(), &entry).await,
             }
         }
     }
+}
+
+/// The container's shim is gone: `berth-shim delete` kills what is left of
+/// the task, has the runtime forget it and removes the shim's socket; the
+/// exit is the one the shim recorded, else the kill it just did.
+async fn clean_up_dead_shim(rec: &Recorder, entry: &Entry) {
+    let record = entry.record();
+    let dir = shim_dir(&record);
+    let recorded = shim_client::read_exit_file(&dir).ok().flatten();
+    let deleted =
+        shim_client::delete_dead(&shim_client::binary(), SHIM_NAMESPACE, &record.id, &dir).await;
+    let (exit, message) = match (recorded, deleted) {
+        (Some(exit), _) => (exit, None),
+        (None, Ok(deleted)) => {
+            tracing::warn!(container = %record.id, "shim died without recording an exit; container killed and marked exited");
+            (
+                deleted.exit,
+                Some("its shim died without recording an exit; the container was killed"),
+            )
+        }
+        (None, Err(e)) => {
+            tracing::warn!(container = %record.id, error = %e, "shim gone and could not be cleaned up; container marked exited");
+            let exit = TaskExit {
+                exit_status: 255,
+                exited_at: SystemTime::now(),
+                oom_killed: false,
+            };
+            (
+                exit,
+                Some("its shim died without recording an exit and could not be cleaned up"),
+            )
+        }
+    };
+    if let Some(message) = message {
+        // Saved with the exit below.
+        let mut record = entry.record();
+        record.message = message.into();
+        entry.set(record);
+    }
+    record_exit(rec, entry, &exit);
 }
 
 /// Polls until the container is recorded as exited; `false` on timeout.

@@ -74,6 +74,10 @@ pub fn status(record: &ContainerRecord) -> cri::ContainerStatus {
             .collect(),
         log_path: record.log_path.clone(),
         image_id: record.image_id.clone(),
+        resources: record.resources.as_ref().map(|r| cri::ContainerResources {
+            linux: Some(crate::container::cri_resources(r)),
+            windows: None,
+        }),
         ..Default::default()
     }
 }

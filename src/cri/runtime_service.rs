@@ -189,9 +189,9 @@ impl RuntimeService for RuntimeApi {
                 info.insert("info".to_string(), sandbox::verbose_info(&record));
             }
             Ok(PodSandboxStatusResponse {
+                containers_statuses: pod_container_statuses(&self.daemon, &record.id),
                 status: Some(sandbox::status(&record)),
                 info,
-                containers_statuses: Vec::new(),
                 timestamp: crate::image::now_nanos(),
             })
         })
@@ -361,10 +361,16 @@ impl RuntimeService for RuntimeApi {
 
     async fn update_container_resources(
         &self,
-        _: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
         traced("UpdateContainerResources", async {
-            Err(unimplemented("UpdateContainerResources"))
+            self.daemon
+                .containers()
+                .update_resources(&request.container_id, request.linux.as_ref())
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(UpdateContainerResourcesResponse {})
         })
         .await
     }
@@ -504,7 +510,33 @@ impl RuntimeService for RuntimeApi {
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         traced("GetContainerEvents", async {
-            Err(unimplemented("GetContainerEvents"))
+            // Subscribed before this returns: nothing that happens after the
+            // call is missed.
+            let mut events = self.daemon.lifecycle().subscribe();
+            let daemon = self.daemon.clone();
+            let stream = async_stream(move |tx| async move {
+                loop {
+                    let event = match events.recv().await {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            // The subscriber fell behind: say so, so that it
+                            // relists instead of trusting a gap.
+                            let _ = tx
+                                .send(Err(Status::aborted(format!(
+                                    "{n} container events were dropped for this slow subscriber; list again and resubscribe"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let response = container_event(&daemon, &event);
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(stream)
         })
         .await
     }
@@ -559,4 +591,63 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> RuntimeCo
         reason: reason.into(),
         message: message.into(),
     }
+}
+
+/// The statuses of every container of sandbox `id`.
+fn pod_container_statuses(daemon: &crate::daemon::Daemon, id: &str) -> Vec<ContainerStatus> {
+    let filter = crate::container::ContainerFilter {
+        sandbox_id: Some(id.to_string()),
+        ..Default::default()
+    };
+    daemon
+        .containers()
+        .list(&filter)
+        .iter()
+        .filter(|r| r.sandbox_id == id)
+        .map(container::status)
+        .collect()
+}
+
+/// A lifecycle change as GetContainerEvents reports it: with the pod's
+/// status and its containers' statuses as they are now (no pod status once
+/// the pod is removed).
+fn container_event(
+    daemon: &crate::daemon::Daemon,
+    event: &crate::events::LifecycleEvent,
+) -> ContainerEventResponse {
+    use crate::events::Lifecycle;
+    let kind = match event.kind {
+        Lifecycle::Created => ContainerEventType::ContainerCreatedEvent,
+        Lifecycle::Started => ContainerEventType::ContainerStartedEvent,
+        Lifecycle::Stopped => ContainerEventType::ContainerStoppedEvent,
+        Lifecycle::Deleted => ContainerEventType::ContainerDeletedEvent,
+    };
+    let pod = daemon
+        .sandboxes()
+        .status(&event.sandbox_id)
+        .ok()
+        .filter(|r| r.id == event.sandbox_id);
+    ContainerEventResponse {
+        container_id: event.id.clone(),
+        container_event_type: kind as i32,
+        created_at: event.at,
+        containers_statuses: pod
+            .as_ref()
+            .map(|p| pod_container_statuses(daemon, &p.id))
+            .unwrap_or_default(),
+        pod_sandbox_status: pod.as_ref().map(sandbox::status),
+    }
+}
+
+/// A reply stream fed by `producer` through a small channel (the producer
+/// stops when the client goes away).
+fn async_stream<T, F, Fut>(producer: F) -> ReplyStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

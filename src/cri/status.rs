@@ -113,7 +113,9 @@ impl IntoStatus for SandboxError {
             | SandboxError::UnknownHandler(_) => Status::invalid_argument(message),
             SandboxError::NotFound(_) => Status::not_found(message),
             SandboxError::NameTaken { .. } => Status::already_exists(message),
+            SandboxError::NotReady(_) => Status::failed_precondition(message),
             SandboxError::Pause(_)
+            | SandboxError::PortForward { .. }
             | SandboxError::Network(_)
             | SandboxError::Cgroup(_)
             | SandboxError::Io { .. } => Status::internal(message),
@@ -162,9 +164,10 @@ impl IntoStatus for DaemonError {
             DaemonError::Image(e) => e.into_status(),
             DaemonError::Sandbox(e) => e.into_status(),
             DaemonError::Container(e) => e.into_status(),
-            DaemonError::Socket(_) | DaemonError::Dir { .. } | DaemonError::Serve(_) => {
-                Status::internal(message)
-            }
+            DaemonError::Socket(_)
+            | DaemonError::Dir { .. }
+            | DaemonError::Serve(_)
+            | DaemonError::Events(_) => Status::internal(message),
         }
     }
 }

@@ -8,6 +8,7 @@
 mod files;
 mod network;
 mod pause;
+mod portforward;
 mod record;
 mod remove;
 mod run;
@@ -58,6 +59,17 @@ pub enum SandboxError {
     /// The runtime handler is not configured.
     #[error("runtime_handler {0}: no such runtime handler is configured")]
     UnknownHandler(String),
+    /// The sandbox is not ready (stopped, or its pause process died).
+    #[error("pod sandbox {0} is not ready")]
+    NotReady(String),
+    /// A port-forward connection into the pod failed.
+    #[error("cannot connect to port {port} in the pod: {reason}")]
+    PortForward {
+        /// The pod's port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
     /// The pause process could not be started or stopped.
     #[error("pause process: {0}")]
     Pause(String),
@@ -100,12 +112,17 @@ pub struct Sandboxes {
     cni: CniClient,
     entries: crate::id::Objects<SandboxRecord>,
     pause_binary: PathBuf,
+    lifecycle: crate::events::LifecycleBus,
 }
 
 impl Sandboxes {
     /// Loads every sandbox record and checks which pause processes still
     /// run: a sandbox whose pause died while berthd was down is NotReady.
-    pub fn load(config: Arc<Config>, store: Store) -> Result<Sandboxes, SandboxError> {
+    pub fn load(
+        config: Arc<Config>,
+        store: Store,
+        lifecycle: crate::events::LifecycleBus,
+    ) -> Result<Sandboxes, SandboxError> {
         let pause_binary = pause::binary();
         let cni = CniClient::new(
             config.cni.bin_dirs.clone(),
@@ -117,6 +134,7 @@ impl Sandboxes {
             store,
             entries: Default::default(),
             pause_binary,
+            lifecycle,
         };
         for (_, mut record) in sandboxes.store.list::<SandboxRecord>(Table::Sandboxes)? {
             if record.state == SandboxState::Ready

@@ -65,6 +65,7 @@ fn shim_dir(record: &SandboxRecord) -> PathBuf {
 pub async fn start(
     binary: &Path,
     record: &SandboxRecord,
+    events: &str,
 ) -> Result<(PauseProcess, String), SandboxError> {
     let shim = |e: shim_client::ShimClientError| SandboxError::Pause(e.to_string());
     let client = shim_client::start(
@@ -72,7 +73,7 @@ pub async fn start(
         SHIM_NAMESPACE,
         &record.id,
         &shim_dir(record),
-        None,
+        Some(events),
     )
     .await
     .map_err(shim)?;
@@ -167,9 +168,23 @@ pub async fn stop(record: &SandboxRecord, process: &PauseProcess) {
             }
         }
     }
-    if let Some(client) = client {
-        let _ = client.delete(&record.id).await;
-        let _ = client.shutdown(&record.id).await;
+    match client {
+        Some(client) => {
+            let _ = client.delete(&record.id).await;
+            let _ = client.shutdown(&record.id).await;
+        }
+        // The shim is gone: `berth-shim delete` removes its socket and
+        // files and releases the pins it held.
+        None if record.shim_address.is_some() => {
+            let dir = shim_dir(record);
+            let binary = shim_client::binary();
+            if let Err(e) =
+                shim_client::delete_dead(&binary, SHIM_NAMESPACE, &record.id, &dir).await
+            {
+                tracing::warn!(sandbox = %record.id, error = %e, "could not clean up after the sandbox's dead shim");
+            }
+        }
+        None => {}
     }
 }
 

@@ -17,6 +17,8 @@ impl Sandboxes {
         let record = entry.record();
         self.teardown(&record).await;
         self.forget(&record);
+        self.lifecycle
+            .publish(&record.id, &record.id, crate::events::Lifecycle::Deleted);
         tracing::info!(sandbox = %record.id, pod = %record.name, "pod sandbox removed");
         Ok(())
     }

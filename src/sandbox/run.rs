@@ -6,6 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::record::{NamespaceMode, SandboxRecord, SandboxState};
 use super::{SandboxError, SandboxSpec, Sandboxes, files, io_error, new_id, pause};
+use crate::events::Lifecycle;
 use crate::store::{StoreError, Table};
 
 impl Sandboxes {
@@ -64,6 +65,8 @@ impl Sandboxes {
                     "pod sandbox ready"
                 );
                 self.save(&entry, record)?;
+                self.lifecycle.publish(&id, &id, Lifecycle::Created);
+                self.lifecycle.publish(&id, &id, Lifecycle::Started);
                 Ok(id)
             }
             Err((record, e)) => {
@@ -105,7 +108,14 @@ impl Sandboxes {
         if let Some(shm) = record.shm_dir() {
             step!(mount_shm(&shm));
         }
-        let (pause, shim) = step!(pause::start(&self.pause_binary, &record).await);
+        let (pause, shim) = step!(
+            pause::start(
+                &self.pause_binary,
+                &record,
+                &crate::events::address(&self.config.state)
+            )
+            .await
+        );
         record.pause = Some(pause);
         record.shim_address = Some(shim);
         if let Some(cgroup) = self.cgroup_path(&record) {

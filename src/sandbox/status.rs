@@ -36,6 +36,21 @@ impl Sandboxes {
         self.refresh(&entry)
     }
 
+    /// A shim reported that sandbox `id`'s pause process exited: the
+    /// sandbox turns NotReady at once, unless an operation (a stop) holds
+    /// it and ends the pause process on purpose.
+    pub fn pause_exited(&self, id: &str) {
+        let Ok(entry) = self.find(id) else {
+            return;
+        };
+        if entry.record().id != id {
+            return;
+        }
+        if let Ok(_op) = entry.op.try_lock() {
+            let _ = self.refresh(&entry);
+        }
+    }
+
     /// Every sandbox the filter matches, oldest first.
     pub fn list(&self, filter: &SandboxFilter) -> Vec<SandboxRecord> {
         let entries = self.entries.all();
@@ -56,6 +71,8 @@ impl Sandboxes {
             let mut record = record;
             record.state = SandboxState::NotReady;
             self.save(entry, record.clone())?;
+            self.lifecycle
+                .publish(&record.id, &record.id, crate::events::Lifecycle::Stopped);
             return Ok(record);
         }
         Ok(record)

@@ -28,11 +28,14 @@ impl Sandboxes {
         }
         pause::unpin(&record.state_dir)
             .map_err(|e| SandboxError::Pause(format!("removing namespace pins: {e}")))?;
-        if was_ready {
-            tracing::info!(sandbox = %record.id, "pod sandbox stopped");
-        }
+        let id = record.id.clone();
         record.state = SandboxState::NotReady;
         self.save(&entry, record)?;
+        if was_ready {
+            tracing::info!(sandbox = %id, "pod sandbox stopped");
+            self.lifecycle
+                .publish(&id, &id, crate::events::Lifecycle::Stopped);
+        }
         Ok(())
     }
 }

@@ -24,6 +24,10 @@ use ttrpc::context::{self, Context};
 
 pub use berth_shim::options::TaskOptions;
 
+pub use cleanup::delete_dead;
+
+mod cleanup;
+
 /// The environment variable that gives a shim its events socket.
 const EVENTS_ADDRESS_ENV: &str = berth_shim::server::events::ADDRESS_ENV;
 /// How long `berth-shim start` may take to print its address.
@@ -46,6 +50,16 @@ pub enum ShimClientError {
     /// `berth-shim start` failed or printed no address.
     #[error("{} start failed ({status}): {stderr}", binary.display())]
     StartFailed {
+        /// The binary.
+        binary: PathBuf,
+        /// How it exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// `berth-shim delete` failed or printed no `DeleteResponse`.
+    #[error("{} delete failed ({status}): {stderr}", binary.display())]
+    CleanupFailed {
         /// The binary.
         binary: PathBuf,
         /// How it exited.
@@ -340,7 +354,8 @@ fn call_context() -> Context {
     context::with_timeout(i64::try_from(CALL_TIMEOUT.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn time(ts: &MessageField<Timestamp>) -> SystemTime {
+/// A protobuf timestamp as a time (the epoch when absent or invalid).
+pub(crate) fn time(ts: &MessageField<Timestamp>) -> SystemTime {
     ts.as_ref()
         .and_then(|ts| {
             let secs = u64::try_from(ts.seconds).ok()?;

@@ -274,6 +274,21 @@ impl Berthd {
     pub async fn images(&self) -> ImageServiceClient<Channel> {
         ImageServiceClient::new(self.channel().await)
     }
+
+    /// Pulls `image` (panics on failure).
+    pub async fn pull(&self, image: &str) {
+        self.images()
+            .await
+            .pull_image(berth_cri_proto::v1::PullImageRequest {
+                image: Some(berth_cri_proto::v1::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+    }
 }
 
 /// Builds `berth-pause` and `berth-shim` next to the berthd binary when a
