@@ -25,6 +25,11 @@ pub const MAX_FRAME_LEN: usize = (1 << 24) - 1;
 /// compressed block may inflate to.
 pub const MAX_HEADER_BLOCK_LEN: usize = 256 * 1024;
 
+/// The largest control frame accepted: a header block up to
+/// [`MAX_HEADER_BLOCK_LEN`] never compresses to more, so larger control
+/// frames would be refused after inflating anyway.
+pub const MAX_CONTROL_FRAME_LEN: usize = MAX_HEADER_BLOCK_LEN + 1024;
+
 /// The largest stream id: stream ids are 31 bits.
 pub const MAX_STREAM_ID: StreamId = 0x7fff_ffff;
 
@@ -542,13 +547,14 @@ impl Default for FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A decoder accepting any frame the length field can describe.
+    /// A decoder accepting DATA frames of any length the field can describe.
     pub fn new() -> Self {
         Self::with_max_frame_len(MAX_FRAME_LEN)
     }
 
     /// A decoder refusing frames whose payload exceeds `max_frame_len`
-    /// bytes (checked from the frame header, before the payload arrives).
+    /// bytes, and control frames over [`MAX_CONTROL_FRAME_LEN`] (checked
+    /// from the frame header, before the payload arrives).
     pub fn with_max_frame_len(max_frame_len: usize) -> Self {
         Self {
             inflate: Decompress::new(true),
@@ -557,9 +563,9 @@ impl FrameDecoder {
     }
 
     /// Takes the next complete frame off the front of `buf`. `Ok(None)`
-    /// means more bytes are needed (nothing is consumed, and `buf` has been
-    /// given room for the rest of the frame). Unknown control frame types
-    /// are consumed and skipped. After an error that is not a
+    /// means more bytes are needed: a partial frame stays in `buf`, which
+    /// is given room for the rest of it. Unknown control frame types are
+    /// consumed and skipped. After an error that is not a
     /// [`FrameError::stream_error`], the decoder and `buf` are unusable.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         loop {
@@ -576,11 +582,13 @@ impl FrameDecoder {
                     return Err(FrameError::UnsupportedVersion(version));
                 }
             }
-            if len > self.max_frame_len {
-                return Err(FrameError::TooLarge {
-                    len,
-                    max: self.max_frame_len,
-                });
+            let max = if control {
+                self.max_frame_len.min(MAX_CONTROL_FRAME_LEN)
+            } else {
+                self.max_frame_len
+            };
+            if len > max {
+                return Err(FrameError::TooLarge { len, max });
             }
             if buf.len() < HEADER_LEN + len {
                 buf.reserve(HEADER_LEN + len - buf.len());
@@ -726,7 +734,7 @@ impl FrameDecoder {
     }
 
     fn inflate(&mut self, input: &[u8]) -> Result<Vec<u8>, FrameError> {
-        let mut out = Vec::with_capacity(4 * input.len() + 64);
+        let mut out = Vec::with_capacity((4 * input.len()).clamp(1024, 64 * 1024));
         let mut pos = 0;
         loop {
             if out.capacity() - out.len() < 256 {
@@ -1435,6 +1443,22 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.stream_error(), None);
+
+        // Control frames have their own, smaller limit.
+        let mut syn_header = BytesMut::from(&bytes("8003000100100000")[..]);
+        let err = FrameDecoder::new()
+            .decode(&mut syn_header)
+            .expect_err("1 MiB SYN_STREAM");
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    len: 0x10_0000,
+                    max: MAX_CONTROL_FRAME_LEN
+                }
+            ),
+            "{err:?}"
+        );
 
         // Exactly at the limit is fine.
         let mut decoder = FrameDecoder::with_max_frame_len(4);

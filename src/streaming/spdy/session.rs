@@ -176,7 +176,8 @@ impl Incoming {
     }
 
     /// Like [`Incoming::accept`], but the stream is not answered yet: the
-    /// caller looks at its headers and replies or refuses.
+    /// caller looks at its headers and replies or refuses. Both are
+    /// cancel-safe: a stream is taken only when the call returns it.
     pub async fn accept_pending(&mut self) -> Option<PendingStream> {
         poll_fn(|cx| self.poll_accept(cx)).await
     }
@@ -886,7 +887,9 @@ impl Shared {
             }
             other => {
                 let mut st = self.lock();
-                self.on_control(&mut st, other);
+                if st.closing.is_none() {
+                    self.on_control(&mut st, other);
+                }
             }
         }
         self.lock().closing.is_none()
@@ -1086,7 +1089,7 @@ impl Shared {
             return;
         }
         if id.is_multiple_of(2) {
-            warn!(id, "SPDY client opened an even-numbered stream");
+            debug!(id, "SPDY client opened an even-numbered stream");
             self.push_control(
                 st,
                 Frame::RstStream {
@@ -1106,7 +1109,7 @@ impl Shared {
             return;
         }
         if id == st.last_peer_stream {
-            warn!(id, "SPDY stream id reused");
+            debug!(id, "SPDY stream id reused");
             if let Some(s) = st.streams.get_mut(&id) {
                 s.cut();
             }
@@ -1174,7 +1177,7 @@ impl Shared {
         }
         s.send_window += delta;
         if s.send_window > MAX_WINDOW {
-            warn!(id, "SPDY stream window over 2^31-1");
+            debug!(id, "SPDY stream window over 2^31-1");
             s.cut();
             self.push_control(
                 st,
