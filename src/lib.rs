@@ -40,6 +40,9 @@ pub mod sandbox;
 pub mod shim_client;
 /// Unpacked layers keyed by chain id, shared between images.
 pub mod snapshot;
+/// Resource usage of pods and containers: cgroup cpu, memory and pressure
+/// (v1 and v2), cpu rates, writable-layer disk usage, network counters.
+pub mod stats;
 /// The metadata store (redb): records that survive restarts.
 pub mod store;
 /// The streaming server: exec, attach and port-forward over SPDY/3.1 and
