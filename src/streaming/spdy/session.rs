@@ -1457,6 +1457,18 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn handles_move_between_tasks() {
+        fn send<T: Send + 'static>() {}
+        fn shared<T: Send + Sync + 'static>() {}
+        send::<Stream>();
+        send::<ReadHalf>();
+        send::<WriteHalf>();
+        send::<PendingStream>();
+        send::<Incoming>();
+        shared::<Session>();
+    }
+
     #[tokio::test]
     async fn accepts_streams_with_their_headers_and_replies() {
         let (_session, mut incoming, mut tx, mut rx) = start();
