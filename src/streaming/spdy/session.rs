@@ -1702,7 +1702,7 @@ mod tests {
             })
         );
         assert_eq!(rx.next().await, None);
-        drop(tx);
+        drop((tx, rx));
         timeout(TIMEOUT, session.closed())
             .await
             .expect("session did not close");
@@ -1725,7 +1725,7 @@ mod tests {
             .await
             .expect("timed out")
             .expect("writer");
-        let client = async {
+        let client = async move {
             let mut got = Vec::new();
             let mut frames = Vec::new();
             while let Some(frame) = rx.next().await {
@@ -1734,7 +1734,7 @@ mod tests {
                     other => frames.push(other),
                 }
             }
-            drop(tx);
+            drop((tx, rx));
             (got, frames)
         };
         let ((got, frames), ()) = timeout(TIMEOUT, async { tokio::join!(client, session.close()) })
@@ -2295,7 +2295,7 @@ mod tests {
             })
         );
         assert_eq!(rx.next().await, None);
-        drop(tx);
+        drop((tx, rx));
         timeout(TIMEOUT, session.closed())
             .await
             .expect("session did not close");
@@ -2325,7 +2325,7 @@ mod tests {
                 "{garbage:?}"
             );
             assert_eq!(rx.next().await, None);
-            drop(tx);
+            drop((tx, rx));
             timeout(TIMEOUT, session.closed())
                 .await
                 .expect("session did not close");
