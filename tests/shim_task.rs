@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_shim::exit::ExitRecord;
-use berthd::shim_client::{self, CreateTask, ShimClient, ShimClientError, TaskOptions, TaskStatus};
+use berthd::shim_client::attach::{AttachError, AttachReader, OutputStream};
+use berthd::shim_client::{
+    self, CreateTask, ExecIo, ShimClient, ShimClientError, TaskIo, TaskOptions, TaskStatus,
+};
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
@@ -316,14 +319,125 @@ fn event<M: Message>(received: &Received, topic: &str, type_name: &str) -> M {
 
 /// The OCI process spec (JSON) of an exec running `args` as root.
 fn process_spec(args: &[&str]) -> Vec<u8> {
+    process_spec_with(args, false)
+}
+
+/// The OCI process spec (JSON) of an exec running `args` as root, with a
+/// terminal when `terminal`.
+fn process_spec_with(args: &[&str], terminal: bool) -> Vec<u8> {
     serde_json::json!({
         "args": args,
         "cwd": "/",
         "env": ["PATH=/bin"],
         "user": {"uid": 0, "gid": 0},
+        "terminal": terminal,
     })
     .to_string()
     .into_bytes()
+}
+
+/// A FIFO at `dir/name`, as berthd makes one for an exec's stdio.
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    path
+}
+
+/// Reads `reader` into `buf` until `buf` contains `text`; fails after a
+/// few seconds.
+async fn read_until(reader: &mut tokio::net::unix::pipe::Receiver, buf: &mut Vec<u8>, text: &str) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(buf).contains(text) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, reader.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {text:?} within 10 s; got {:?}",
+                    String::from_utf8_lossy(buf)
+                )
+            })
+            .expect("read the FIFO");
+        assert!(
+            n > 0,
+            "EOF before {text:?}; got {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads `reader` to its end (the shim closed the FIFO); fails after a few
+/// seconds.
+async fn read_to_eof(reader: &mut tokio::net::unix::pipe::Receiver) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+        .await
+        .expect("the shim closed the FIFO within 10 s")
+        .expect("read the FIFO");
+    rest
+}
+
+/// Reads attach frames until the bytes of `stream` contain `text`; fails
+/// after a few seconds or at the end of the connection.
+async fn attach_until(
+    reader: &mut AttachReader,
+    stream: OutputStream,
+    buf: &mut Vec<u8>,
+    text: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(buf).contains(text) {
+        let frame = tokio::time::timeout_at(deadline, reader.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {text:?} within 10 s; got {:?}",
+                    String::from_utf8_lossy(buf)
+                )
+            })
+            .expect("an attach frame");
+        let Some((got, bytes)) = frame else {
+            panic!(
+                "attach closed before {text:?}; got {:?}",
+                String::from_utf8_lossy(buf)
+            );
+        };
+        if got == stream {
+            buf.extend_from_slice(&bytes);
+        }
+    }
+}
+
+/// Fails unless the attach connection ends within a few seconds.
+async fn attach_ends(reader: &mut AttachReader) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, reader.next()).await {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(_))) => {}
+            Ok(Err(e)) => panic!("attach failed: {e}"),
+            Err(_) => panic!("the attach connection stayed open"),
+        }
+    }
+}
+
+/// The number of open fds of process `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count()
+}
+
+/// User plus system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(')').expect("stat format");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `state` was field 3.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
@@ -1181,4 +1295,484 @@ async fn idle_shim_resident_memory_stays_under_2_mib() {
     bundle.assert_runc_forgot();
     client.shutdown(&dir.id).await.expect("shutdown");
     dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_init_is_logged_attached_resized_and_its_stdin_closed() {
+    if !support::root_tests("a_terminal_init_is_logged_attached_resized_and_its_stdin_closed") {
+        return;
+    }
+    let dir = ShimDir::new("tty-init");
+    let bundle = Bundle::new(
+        &dir,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox tty; while read line; do echo \"got $line\"; /bin/busybox stty size; done; echo bye",
+        ],
+        |config| config["process"]["terminal"] = true.into(),
+    );
+    let log = dir.dir.path().join("c.log");
+    let client = dir.start().await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let io = TaskIo {
+        stdin: true,
+        terminal: true,
+    };
+    let pid = client
+        .create_with_io(&bundle.task(&dir, Some(log.clone())), io)
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    // The terminal's output is the CRI log's stdout.
+    wait_for_text(&log, " stdout F /dev/pts/").await;
+
+    let (mut reader, mut writer) = shim_client::attach::connect(&dir.state_dir())
+        .await
+        .expect("attach")
+        .split();
+    client
+        .resize_pty(&dir.id, "", 100, 40)
+        .await
+        .expect("resize");
+    writer.send_stdin(b"hello\n").await.expect("stdin");
+    let mut seen = Vec::new();
+    attach_until(&mut reader, OutputStream::Stdout, &mut seen, "40 100").await;
+    assert!(
+        String::from_utf8_lossy(&seen).contains("got hello"),
+        "{seen:?}"
+    );
+    assert!(matches!(
+        client.resize_pty(&dir.id, "", 70_000, 1).await,
+        Err(ShimClientError::InvalidArgument(_))
+    ));
+
+    // stdin_once: CloseIO ends the input (end-of-file on the terminal).
+    client.close_io(&dir.id, "").await.expect("close io");
+    attach_until(&mut reader, OutputStream::Stdout, &mut seen, "bye").await;
+    let exit = client.wait(&dir.id).await.expect("wait");
+    assert_eq!(exit.exit_status, 0);
+    attach_ends(&mut reader).await;
+    wait_for_text(&log, " stdout F got hello").await;
+    assert!(matches!(
+        shim_client::attach::connect(&dir.state_dir()).await.err(),
+        Some(AttachError::NotRunning(_))
+    ));
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_copies_output_to_every_client_and_feeds_a_piped_stdin() {
+    if !support::root_tests("attach_copies_output_to_every_client_and_feeds_a_piped_stdin") {
+        return;
+    }
+    let mut dir = ShimDir::new("attach");
+    // A long state dir: the attach socket goes to the short-path dir.
+    dir.state_dir = dir.dir.path().join("s".repeat(100));
+    let bundle = Bundle::new(
+        &dir,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo ready; /bin/busybox cat; echo done >&2",
+        ],
+        |_| {},
+    );
+    let log = dir.dir.path().join("c.log");
+    let client = dir.start().await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create_with_io(
+            &bundle.task(&dir, Some(log.clone())),
+            TaskIo {
+                stdin: true,
+                terminal: false,
+            },
+        )
+        .await
+        .expect("create");
+    let address = berth_shim::server::read_attach_address(&dir.state_dir()).expect("address");
+    assert!(
+        address.starts_with(&format!("unix://{}", berth_shim::server::SHORT_SOCKET_DIR)),
+        "{address}"
+    );
+    client.start(&dir.id).await.expect("start");
+    wait_for_text(&log, " stdout F ready").await;
+
+    let (mut first, mut input) = shim_client::attach::connect(&dir.state_dir())
+        .await
+        .expect("attach")
+        .split();
+    let (mut second, mut second_input) = shim_client::attach::connect(&dir.state_dir())
+        .await
+        .expect("attach")
+        .split();
+    // The second client is done with stdin; the container's stays open.
+    second_input
+        .close_stdin()
+        .await
+        .expect("close this client's stdin");
+    input.send_stdin(b"one\n").await.expect("stdin");
+    for reader in [&mut first, &mut second] {
+        let (stream, bytes) = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("a frame")
+            .expect("not closed");
+        // Output from before the client attached ("ready") is not replayed.
+        assert_eq!(
+            (stream, bytes.as_slice()),
+            (OutputStream::Stdout, &b"one\n"[..])
+        );
+    }
+    input.send_stdin(b"two\n").await.expect("stdin");
+    let mut seen = Vec::new();
+    attach_until(&mut first, OutputStream::Stdout, &mut seen, "two").await;
+
+    client.close_io(&dir.id, "").await.expect("close io");
+    let mut err = Vec::new();
+    attach_until(&mut first, OutputStream::Stderr, &mut err, "done").await;
+    assert_eq!(client.wait(&dir.id).await.expect("wait").exit_status, 0);
+    attach_ends(&mut first).await;
+    attach_ends(&mut second).await;
+    wait_for_text(&log, " stdout F two").await;
+    wait_for_text(&log, " stderr F done").await;
+    let socket = address.strip_prefix("unix://").expect("unix address");
+    assert!(!Path::new(socket).exists(), "{socket} left behind");
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+/// A running busybox container with a shim, for exec tests.
+async fn running_container(dir: &ShimDir) -> (Bundle, ShimClient, u32, u32) {
+    let bundle = Bundle::new(dir, &["/bin/busybox", "sleep", "1000"], |_| {});
+    let client = dir.start().await;
+    let shim = client.connect(&dir.id).await.expect("connect").shim_pid;
+    let pid = client
+        .create(&bundle.task(dir, None))
+        .await
+        .expect("create");
+    client.start(&dir.id).await.expect("start");
+    (bundle, client, shim, pid)
+}
+
+/// Kills and deletes the container, shuts its shim down, checks that
+/// nothing is left.
+async fn end_container(dir: &ShimDir, bundle: &Bundle, client: &ShimClient, shim: u32, pid: u32) {
+    client.kill(&dir.id, 9, false).await.expect("kill");
+    client.wait(&dir.id).await.expect("wait");
+    client.delete(&dir.id).await.expect("delete");
+    bundle.assert_runc_forgot();
+    client.shutdown(&dir.id).await.expect("shutdown");
+    dir.assert_nothing_left(&[shim, pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stdin_and_stdout_round_trip_through_fifos() {
+    if !support::root_tests("exec_stdin_and_stdout_round_trip_through_fifos") {
+        return;
+    }
+    use tokio::io::AsyncWriteExt;
+    let dir = ShimDir::new("exec-stdin");
+    let (bundle, client, shim, pid) = running_container(&dir).await;
+    let io = ExecIo {
+        stdin: Some(fifo(dir.dir.path(), "in")),
+        stdout: Some(fifo(dir.dir.path(), "out")),
+        stderr: Some(fifo(dir.dir.path(), "err")),
+        terminal: false,
+    };
+    // berthd holds the read ends before Start.
+    let open = |path: &Option<PathBuf>| {
+        tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(path.as_ref().expect("a path"))
+            .expect("open the FIFO")
+    };
+    let (mut stdout, mut stderr) = (open(&io.stdout), open(&io.stderr));
+    client
+        .exec_with_io(
+            &dir.id,
+            "cat",
+            process_spec(&["/bin/busybox", "sh", "-c", "/bin/busybox cat; echo eof >&2"]),
+            &io,
+        )
+        .await
+        .expect("exec");
+    client.start_exec(&dir.id, "cat").await.expect("start exec");
+    let mut stdin = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(io.stdin.as_ref().expect("stdin"))
+        .expect("open stdin");
+    stdin.write_all(b"round trip\n").await.expect("write");
+    let mut out = Vec::new();
+    read_until(&mut stdout, &mut out, "round trip\n").await;
+    // berthd closes its end: the process's stdin ends.
+    drop(stdin);
+    let exit = client.wait_exec(&dir.id, "cat").await.expect("wait exec");
+    assert_eq!(exit.exit_status, 0);
+    assert!(read_to_eof(&mut stdout).await.is_empty());
+    assert_eq!(read_to_eof(&mut stderr).await, b"eof\n");
+    client
+        .delete_exec(&dir.id, "cat")
+        .await
+        .expect("delete exec");
+    end_container(&dir, &bundle, &client, shim, pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_terminal_reports_its_tty_and_size() {
+    if !support::root_tests("exec_with_a_terminal_reports_its_tty_and_size") {
+        return;
+    }
+    use tokio::io::AsyncWriteExt;
+    let dir = ShimDir::new("exec-tty");
+    let (bundle, client, shim, pid) = running_container(&dir).await;
+    let io = ExecIo {
+        stdin: Some(fifo(dir.dir.path(), "in")),
+        stdout: Some(fifo(dir.dir.path(), "out")),
+        stderr: None,
+        terminal: true,
+    };
+    let mut stdout = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(io.stdout.as_ref().expect("stdout"))
+        .expect("open stdout");
+    let script = "/bin/busybox tty; read go; /bin/busybox stty size";
+    client
+        .exec_with_io(
+            &dir.id,
+            "tty",
+            process_spec_with(&["/bin/busybox", "sh", "-c", script], true),
+            &io,
+        )
+        .await
+        .expect("exec");
+    client.start_exec(&dir.id, "tty").await.expect("start exec");
+    let mut stdin = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(io.stdin.as_ref().expect("stdin"))
+        .expect("open stdin");
+    let mut out = Vec::new();
+    read_until(&mut stdout, &mut out, "/dev/pts/").await;
+    client
+        .resize_pty(&dir.id, "tty", 123, 45)
+        .await
+        .expect("resize");
+    stdin.write_all(b"go\n").await.expect("write");
+    read_until(&mut stdout, &mut out, "45 123").await;
+    let exit = client.wait_exec(&dir.id, "tty").await.expect("wait exec");
+    assert_eq!(exit.exit_status, 0);
+    read_to_eof(&mut stdout).await;
+    assert!(matches!(
+        client.resize_pty(&dir.id, "tty", 80, 24).await,
+        Err(ShimClientError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        client.resize_pty(&dir.id, "", 80, 24).await,
+        Err(ShimClientError::FailedPrecondition(_))
+    ));
+    drop(stdin);
+    client
+        .delete_exec(&dir.id, "tty")
+        .await
+        .expect("delete exec");
+    end_container(&dir, &bundle, &client, shim, pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_whose_background_child_holds_its_output_still_returns() {
+    if !support::root_tests("an_exec_whose_background_child_holds_its_output_still_returns") {
+        return;
+    }
+    let dir = ShimDir::new("exec-bg");
+    let (bundle, client, shim, pid) = running_container(&dir).await;
+    let script = "echo started; /bin/busybox sleep 1000 & echo leaving";
+    // Output FIFOs (Exec), then plain files (ExecSync).
+    let out_fifo = fifo(dir.dir.path(), "out");
+    let mut stdout = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&out_fifo)
+        .expect("open stdout");
+    let fifo_io = ExecIo {
+        stdout: Some(out_fifo),
+        ..ExecIo::default()
+    };
+    client
+        .exec_with_io(
+            &dir.id,
+            "bg",
+            process_spec(&["/bin/busybox", "sh", "-c", script]),
+            &fifo_io,
+        )
+        .await
+        .expect("exec");
+    let started = Instant::now();
+    client.start_exec(&dir.id, "bg").await.expect("start exec");
+    let exit = tokio::time::timeout(Duration::from_secs(10), client.wait_exec(&dir.id, "bg"))
+        .await
+        .expect("Wait returned although a background child holds stdout")
+        .expect("wait exec");
+    assert_eq!(exit.exit_status, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Everything written before the exit arrived, then EOF.
+    assert_eq!(read_to_eof(&mut stdout).await, b"started\nleaving\n");
+    client
+        .delete_exec(&dir.id, "bg")
+        .await
+        .expect("delete exec");
+
+    let file = dir.dir.path().join("exec-sync.out");
+    client
+        .exec(
+            &dir.id,
+            "bg-file",
+            process_spec(&["/bin/busybox", "sh", "-c", script]),
+            &file,
+            &file,
+        )
+        .await
+        .expect("exec");
+    client
+        .start_exec(&dir.id, "bg-file")
+        .await
+        .expect("start exec");
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.wait_exec(&dir.id, "bg-file"),
+    )
+    .await
+    .expect("Wait returned")
+    .expect("wait exec");
+    assert_eq!(exit.exit_status, 0);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("output file"),
+        "started\nleaving\n"
+    );
+    client
+        .delete_exec(&dir.id, "bg-file")
+        .await
+        .expect("delete exec");
+    end_container(&dir, &bundle, &client, shim, pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_execs_and_clients_that_go_away_leave_no_fds_and_no_spinning() {
+    if !support::root_tests("many_execs_and_clients_that_go_away_leave_no_fds_and_no_spinning") {
+        return;
+    }
+    use tokio::io::AsyncWriteExt;
+    let dir = ShimDir::new("exec-fds");
+    let (bundle, client, shim, pid) = running_container(&dir).await;
+    let fifos = dir.dir.path().join("fifos");
+    std::fs::create_dir(&fifos).expect("fifo dir");
+
+    let run = |n: usize, terminal: bool| {
+        let client = client.clone();
+        let id = dir.id.clone();
+        let fifos = fifos.clone();
+        async move {
+            let exec_id = format!("e{n}");
+            let io = ExecIo {
+                stdin: Some(fifo(&fifos, &format!("{n}.in"))),
+                stdout: Some(fifo(&fifos, &format!("{n}.out"))),
+                stderr: (!terminal).then(|| fifo(&fifos, &format!("{n}.err"))),
+                terminal,
+            };
+            let mut stdout = tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(io.stdout.as_ref().expect("stdout"))
+                .expect("open stdout");
+            let _stderr = io.stderr.as_ref().map(|p| {
+                tokio::net::unix::pipe::OpenOptions::new()
+                    .open_receiver(p)
+                    .expect("open stderr")
+            });
+            let spec = process_spec_with(&["/bin/busybox", "head", "-n", "1"], terminal);
+            client
+                .exec_with_io(&id, &exec_id, spec, &io)
+                .await
+                .expect("exec");
+            client.start_exec(&id, &exec_id).await.expect("start exec");
+            let mut stdin = tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(io.stdin.as_ref().expect("stdin"))
+                .expect("open stdin");
+            stdin.write_all(b"line\n").await.expect("write");
+            let mut out = Vec::new();
+            read_until(&mut stdout, &mut out, "line").await;
+            let exit = client.wait_exec(&id, &exec_id).await.expect("wait exec");
+            assert_eq!(exit.exit_status, 0);
+            read_to_eof(&mut stdout).await;
+            client
+                .delete_exec(&id, &exec_id)
+                .await
+                .expect("delete exec");
+            for path in [io.stdin, io.stdout, io.stderr].into_iter().flatten() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    };
+    run(0, false).await;
+    run(1, true).await;
+    let baseline = fd_count(shim);
+    for n in 2..22 {
+        run(n, n % 2 == 0).await;
+    }
+    assert_eq!(fd_count(shim), baseline, "the shim leaks fds");
+
+    // A client that goes away: berthd closes every end while the process
+    // still runs. The shim neither spins nor keeps the FIFOs.
+    let io = ExecIo {
+        stdin: Some(fifo(&fifos, "gone.in")),
+        stdout: Some(fifo(&fifos, "gone.out")),
+        stderr: None,
+        terminal: false,
+    };
+    let stdout = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(io.stdout.as_ref().expect("stdout"))
+        .expect("open stdout");
+    client
+        .exec_with_io(
+            &dir.id,
+            "gone",
+            process_spec(&[
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "/bin/busybox sleep 2; echo late; /bin/busybox cat",
+            ]),
+            &io,
+        )
+        .await
+        .expect("exec");
+    client
+        .start_exec(&dir.id, "gone")
+        .await
+        .expect("start exec");
+    let stdin = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(io.stdin.as_ref().expect("stdin"))
+        .expect("open stdin");
+    drop((stdout, stdin));
+    let before = cpu_ticks(shim);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(shim) - before;
+    assert!(
+        spent < 10,
+        "the shim spent {spent} ticks in 1 s with an idle exec"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), client.wait_exec(&dir.id, "gone"))
+        .await
+        .expect("the exec ends once its client is gone")
+        .expect("wait exec");
+    assert_ne!(exit.exit_status, 0, "echo to a closed stdout succeeded");
+    client
+        .delete_exec(&dir.id, "gone")
+        .await
+        .expect("delete exec");
+    assert_eq!(fd_count(shim), baseline, "the gone client's fds stay open");
+    end_container(&dir, &bundle, &client, shim, pid).await;
 }

@@ -1,7 +1,8 @@
 //! The crate's only unsafe code: `fork` and `unshare`, which are sound only
-//! in a process that has a single thread; and the other process-wide set-up
-//! the shim does when it daemonizes (`setsid`, `PR_SET_CHILD_SUBREAPER`),
-//! kept here so every call that changes the process itself is in one place.
+//! in a process that has a single thread, and glibc's `mallopt`; and the
+//! other process-wide set-up the shim does when it daemonizes (`setsid`,
+//! `PR_SET_CHILD_SUBREAPER`), kept here so every call that changes the
+//! process itself is in one place.
 
 use std::io;
 
@@ -73,4 +74,21 @@ pub(crate) fn setsid() -> io::Result<()> {
 pub(crate) fn set_child_subreaper() -> io::Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
     Ok(())
+}
+
+/// Makes every thread allocate from the process's main heap. glibc gives
+/// each new thread an arena of its own, whose pages stay resident; the
+/// shim's threads mostly sleep, allocate little, and are paid for once per
+/// container. Call it before the first thread starts. (Other C libraries
+/// have no per-thread arenas: nothing to do.)
+pub(crate) fn use_one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only sets a parameter of glibc's allocator; it is
+        // called while the process has one thread, before any other
+        // thread could allocate concurrently.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+        }
+    }
 }

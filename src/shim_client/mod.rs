@@ -8,6 +8,13 @@
 //! exited meanwhile ended. When the shim itself is gone,
 //! [`read_exit_file`] reads the exit it recorded, and `berth-shim delete`
 //! cleans up after it.
+//!
+//! Interactive I/O: a task's init may have a terminal and a stdin
+//! ([`ShimClient::create_with_io`]); its output and stdin are reached
+//! through the shim's attach socket ([`attach`]). An exec process's stdio
+//! are FIFOs berthd creates and holds the other end of
+//! ([`ShimClient::exec_with_io`]); [`ShimClient::resize_pty`] and
+//! [`ShimClient::close_io`] act on either.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +30,8 @@ use ttrpc::Code;
 use ttrpc::context::{self, Context};
 
 pub use berth_shim::options::TaskOptions;
+
+pub mod attach;
 
 pub use cleanup::delete_dead;
 
@@ -174,6 +183,35 @@ pub struct CreateTask {
     pub stderr: Option<PathBuf>,
     /// What runs: an OCI bundle through runc, or the pause process.
     pub options: TaskOptions,
+}
+
+/// A task init's interactive I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskIo {
+    /// The init has a stdin, fed by clients of the attach socket, until
+    /// [`ShimClient::close_io`].
+    pub stdin: bool,
+    /// The init has a terminal (the bundle's `process.terminal` must say
+    /// so too); its output is logged as stdout.
+    pub terminal: bool,
+}
+
+/// An exec process's stdio, containerd's convention: FIFOs that berthd
+/// creates and holds the other end of (it must have opened the read end
+/// of stdout and stderr before `Start`), or plain files for the outputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecIo {
+    /// A FIFO berthd writes the process's stdin to (`None`: no stdin).
+    /// Closing its write end closes the process's stdin.
+    pub stdin: Option<PathBuf>,
+    /// A FIFO (or file) for the process's stdout; with a terminal, all its
+    /// output. The shim closes it once the process exited and its output
+    /// is drained, before `Wait` returns.
+    pub stdout: Option<PathBuf>,
+    /// A FIFO (or file) for the process's stderr (unused with a terminal).
+    pub stderr: Option<PathBuf>,
+    /// The process has a terminal (`runc exec --tty`).
+    pub terminal: bool,
 }
 
 /// A task's life-cycle status.
@@ -334,6 +372,10 @@ pub fn read_exit_file(state_dir: &Path) -> Result<Option<TaskExit>, ShimClientEr
     }))
 }
 
+/// What `CreateTaskRequest.stdin` says when the init has a stdin (the shim
+/// holds it and feeds it from the attach socket; it opens no path).
+const ATTACH_STDIN: &str = "attach";
+
 /// The type URL containerd gives the JSON of an OCI `LinuxResources`.
 const LINUX_RESOURCES_TYPE: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -377,13 +419,29 @@ impl ShimClient {
         &self.address
     }
 
-    /// Creates the task; returns its init pid.
+    /// Creates the task, without a terminal or stdin; returns its init
+    /// pid.
     pub async fn create(&self, task: &CreateTask) -> Result<u32, ShimClientError> {
+        self.create_with_io(task, TaskIo::default()).await
+    }
+
+    /// Creates the task with a terminal and/or a stdin; returns its init
+    /// pid.
+    pub async fn create_with_io(
+        &self,
+        task: &CreateTask,
+        io: TaskIo,
+    ) -> Result<u32, ShimClientError> {
         let mut req = api::CreateTaskRequest::new();
         req.id = task.id.clone();
         req.bundle = task.bundle.to_string_lossy().into_owned();
         req.stdout = path_string(&task.stdout);
         req.stderr = path_string(&task.stderr);
+        // The shim holds the init's stdin; the value only has to say so.
+        if io.stdin {
+            req.stdin = ATTACH_STDIN.into();
+        }
+        req.terminal = io.terminal;
         req.options = MessageField::some(task.options.to_any());
         Ok(self.task.create(call_context(), &req).await?.pid)
     }
@@ -475,7 +533,7 @@ impl ShimClient {
     }
 
     /// Registers an exec process: `process` is an OCI process spec (JSON);
-    /// its output goes to the two files.
+    /// its output goes to the two files (or FIFOs), it has no stdin.
     pub async fn exec(
         &self,
         id: &str,
@@ -484,11 +542,31 @@ impl ShimClient {
         stdout: &Path,
         stderr: &Path,
     ) -> Result<(), ShimClientError> {
+        let io = ExecIo {
+            stdin: None,
+            stdout: Some(stdout.to_owned()),
+            stderr: Some(stderr.to_owned()),
+            terminal: false,
+        };
+        self.exec_with_io(id, exec_id, process, &io).await
+    }
+
+    /// Registers an exec process with the stdio of `io`: `process` is an
+    /// OCI process spec (JSON; its `terminal` should match `io.terminal`).
+    pub async fn exec_with_io(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        io: &ExecIo,
+    ) -> Result<(), ShimClientError> {
         let mut req = api::ExecProcessRequest::new();
         req.id = id.to_owned();
         req.exec_id = exec_id.to_owned();
-        req.stdout = stdout.to_string_lossy().into_owned();
-        req.stderr = stderr.to_string_lossy().into_owned();
+        req.stdin = path_string(&io.stdin);
+        req.stdout = path_string(&io.stdout);
+        req.stderr = path_string(&io.stderr);
+        req.terminal = io.terminal;
         let mut spec = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         spec.value = process;
@@ -535,6 +613,35 @@ impl ShimClient {
         req.id = id.to_owned();
         req.exec_id = exec_id.to_owned();
         self.task.delete(call_context(), &req).await?;
+        Ok(())
+    }
+
+    /// Sets the window size of the terminal of the task's init (empty
+    /// `exec_id`) or of an exec process.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimClientError> {
+        let mut req = api::ResizePtyRequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.width = width;
+        req.height = height;
+        self.task.resize_pty(call_context(), &req).await?;
+        Ok(())
+    }
+
+    /// Closes the stdin of the task's init (empty `exec_id`; CRI
+    /// `stdin_once`) or of an exec process; a terminal is sent end-of-file.
+    pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<(), ShimClientError> {
+        let mut req = api::CloseIORequest::new();
+        req.id = id.to_owned();
+        req.exec_id = exec_id.to_owned();
+        req.stdin = true;
+        self.task.close_io(call_context(), &req).await?;
         Ok(())
     }
 

@@ -3,21 +3,25 @@
 //! `<RFC3339Nano time> <stdout|stderr> <F|P> <text>` in the log file the
 //! kubelet named. A line longer than [`MAX_LINE`] is split into `P`
 //! (partial) records ending with one `F` (full) record. The shim owns the
-//! pipes, so output is neither lost nor blocked while berthd is down.
+//! pipes (or the pty), so output is neither lost nor blocked while berthd
+//! is down; the same bytes go to attached clients ([`Hub`]).
 //!
 //! SIGUSR1 makes the shim reopen its log files (CRI ReopenContainerLog,
 //! after the kubelet rotated a log by renaming it).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::attach::{Hub, Stream};
+use super::pump::Output;
+
 /// Longest text of one log record (the kubelet's default, 16 KiB).
 pub const MAX_LINE: usize = 16 * 1024;
 
-/// Stack of each copying thread: it only copies bytes.
+/// Stack of the reopening thread.
 const THREAD_STACK: usize = 64 * 1024;
 
 /// Log files being written, for reopening on SIGUSR1.
@@ -63,53 +67,99 @@ fn watch_reopen() -> std::io::Result<()> {
     result
 }
 
-/// The write ends to hand the OCI runtime as the container's stdout and
-/// stderr; the read ends are drained into `path` by two threads.
-pub fn start(path: &Path) -> std::io::Result<(std::io::PipeWriter, std::io::PipeWriter)> {
+/// Opens (creates, appends to) the CRI log at `path` for the two
+/// [`LogStream`]s of a container, and registers it for reopening.
+pub(crate) fn open_log(path: &Path) -> std::io::Result<Arc<Mutex<File>>> {
     watch_reopen()?;
     let file = Arc::new(Mutex::new(open(path)?));
     OPEN_LOGS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push((path.to_path_buf(), Arc::downgrade(&file)));
-    let (out_r, out_w) = std::io::pipe()?;
-    let (err_r, err_w) = std::io::pipe()?;
-    for (stream, reader) in [("stdout", out_r), ("stderr", err_r)] {
-        let file = file.clone();
-        std::thread::Builder::new()
-            .name(format!("log-{stream}"))
-            .stack_size(THREAD_STACK)
-            .spawn(move || copy(reader, stream, &file))?;
-    }
-    Ok((out_w, err_w))
+    Ok(file)
 }
 
-/// Copies one stream into the log until every writer has closed it.
-fn copy(reader: impl Read, stream: &str, file: &Mutex<File>) {
-    let mut reader = BufReader::with_capacity(MAX_LINE, reader);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        // Reads at most MAX_LINE bytes of one line.
-        let read = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line);
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+/// Where a stream's bytes are written.
+pub(crate) enum LogFile {
+    /// The CRI log, shared by stdout and stderr: one record per line.
+    Cri(Arc<Mutex<File>>),
+    /// A plain file: the bytes as they come.
+    Raw(File),
+    /// Nowhere.
+    Discard,
+}
+
+/// One output stream of a container's init: written to its log file and
+/// copied to every attached client. It never blocks: a full disk loses
+/// log lines, a slow client loses its connection ([`Hub`]).
+pub(crate) struct LogStream {
+    stream: Stream,
+    file: LogFile,
+    hub: Option<Arc<Hub>>,
+    /// The current line, until its newline (or [`MAX_LINE`] bytes).
+    line: Vec<u8>,
+}
+
+impl LogStream {
+    /// The `stream` of a container, into `file` and `hub`.
+    pub(crate) fn new(stream: Stream, file: LogFile, hub: Option<Arc<Hub>>) -> Self {
+        Self {
+            stream,
+            file,
+            hub,
+            line: Vec::new(),
         }
-        let (text, tag) = match line.strip_suffix(b"\n") {
-            Some(text) => (text, 'F'),
-            // Cut at MAX_LINE, or the stream ended without a newline.
-            None if line.len() >= MAX_LINE => (&line[..], 'P'),
-            None => (&line[..], 'F'),
-        };
-        let record = record(SystemTime::now(), stream, tag, text);
-        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-        if file.write_all(&record).is_err() {
-            // The disk is full or the file is gone: keep draining so the
-            // container never blocks on a full pipe.
-            continue;
+    }
+
+    /// Writes one record of the current line to the CRI log.
+    fn write_record(&mut self, tag: char) {
+        if let LogFile::Cri(file) = &self.file {
+            let record = record(SystemTime::now(), self.stream.name(), tag, &self.line);
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            // A full disk or a vanished file loses the record: the
+            // container must never block on its log.
+            let _ = file.write_all(&record);
+        }
+        self.line.clear();
+    }
+}
+
+impl Output for LogStream {
+    fn write(&mut self, mut data: &[u8]) {
+        if let Some(hub) = &self.hub {
+            hub.broadcast(self.stream, data);
+        }
+        match &mut self.file {
+            LogFile::Raw(file) => {
+                let _ = file.write_all(data);
+            }
+            LogFile::Discard => {}
+            LogFile::Cri(_) => {
+                while !data.is_empty() {
+                    let room = MAX_LINE - self.line.len();
+                    let take = data.len().min(room);
+                    match data[..take].iter().position(|b| *b == b'\n') {
+                        Some(i) => {
+                            self.line.extend_from_slice(&data[..i]);
+                            self.write_record('F');
+                            data = &data[i + 1..];
+                        }
+                        None => {
+                            self.line.extend_from_slice(&data[..take]);
+                            data = &data[take..];
+                            if self.line.len() >= MAX_LINE {
+                                self.write_record('P');
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.write_record('F');
         }
     }
 }
@@ -181,16 +231,15 @@ mod tests {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.log");
-        let file = Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .expect("open"),
-        );
+        let file = Arc::new(Mutex::new(open(&path).expect("open")));
+        let mut log = LogStream::new(Stream::Stderr, LogFile::Cri(file), None);
         let mut input = vec![b'a'; MAX_LINE + 10];
         input.extend_from_slice(b"\nshort\nno newline");
-        copy(&input[..], "stderr", &file);
+        // In pieces that cut lines anywhere, as reads from a pipe do.
+        for piece in input.chunks(1000) {
+            log.write(piece);
+        }
+        log.finish();
         let text = std::fs::read_to_string(&path).expect("read");
         let tags: Vec<(&str, &str, usize)> = text
             .lines()

@@ -3,7 +3,7 @@
 //! Kills the shim (by its recorded pid, if that process is still a
 //! berth-shim) and the task's init (by recorded pid and start time), has the
 //! runtime forget the container or releases the pause process's namespace
-//! pins, removes the socket and the shim's files (the exit file and logs
+//! pins, removes the sockets and the shim's files (the exit file and logs
 //! stay for the caller), and prints a protobuf `DeleteResponse`: the
 //! recorded exit if the shim saw one, else SIGKILL now.
 
@@ -18,7 +18,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::record::{Runner, TASK_FILE, TaskRecord};
-use super::{ADDRESS_FILE, PID_FILE, ShimArgs, ShimError, read_address};
+use super::task::CONSOLE_SOCKET;
+use super::{
+    ADDRESS_FILE, ATTACH_ADDRESS_FILE, PID_FILE, ShimArgs, ShimError, named_socket_path,
+    read_address, read_attach_address,
+};
 use crate::exit::ExitRecord;
 
 /// How long a killed process gets to disappear.
@@ -65,13 +69,13 @@ pub fn delete(args: &ShimArgs) -> Result<(), ShimError> {
                 .map_err(|e| ShimError::io("release the pause process's pins", e_io(e)))?,
         }
     }
-    if let Some(socket) = read_address(state_dir)
-        .as_deref()
-        .and_then(|a| a.strip_prefix("unix://"))
-    {
-        let _ = std::fs::remove_file(socket);
+    for address in [read_address(state_dir), read_attach_address(state_dir)] {
+        if let Some(socket) = address.as_deref().and_then(|a| a.strip_prefix("unix://")) {
+            let _ = std::fs::remove_file(socket);
+        }
     }
-    for file in [ADDRESS_FILE, PID_FILE, TASK_FILE] {
+    let _ = std::fs::remove_file(named_socket_path(state_dir, CONSOLE_SOCKET));
+    for file in [ADDRESS_FILE, ATTACH_ADDRESS_FILE, PID_FILE, TASK_FILE] {
         let _ = std::fs::remove_file(state_dir.join(file));
     }
 

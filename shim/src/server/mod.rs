@@ -12,20 +12,27 @@
 //! - `shim.sock`: the ttrpc socket (or, when that path is too long for a
 //!   unix socket, `/run/berth/s/<hash>.sock`);
 //! - `address`: the socket's address, `unix://<path>`;
+//! - `attach.sock` and `attach-address`: a running container's attach
+//!   socket and its address (same path rule: `/run/berth/s/<hash>-attach.sock`),
+//!   see [`attach`];
 //! - `shim.pid`: the shim's pid;
 //! - `task`: what `delete` needs to clean up the task (kind, pid, runtime);
 //! - `exit`: the task's [`ExitRecord`](crate::exit::ExitRecord);
 //! - `shim.log`: the shim's stderr.
 
 mod args;
+pub mod attach;
+mod console;
 mod cri_log;
 mod delete;
 pub mod events;
 mod monitor;
 mod oom;
+mod pump;
 mod record;
 mod service;
 mod start;
+mod stdio;
 mod task;
 
 use std::ffi::OsString;
@@ -42,6 +49,10 @@ pub const ADDRESS_FILE: &str = "address";
 pub const PID_FILE: &str = "shim.pid";
 /// The shim's log (its stderr).
 pub const LOG_FILE: &str = "shim.log";
+/// The attach socket's name in the state dir.
+pub const ATTACH_SOCKET: &str = "attach.sock";
+/// The file holding the attach socket's address.
+pub const ATTACH_ADDRESS_FILE: &str = "attach-address";
 /// Where short socket paths go when `<state-dir>/shim.sock` is too long.
 pub const SHORT_SOCKET_DIR: &str = "/run/berth/s";
 /// The longest socket path a `sockaddr_un` holds (108 bytes with the NUL).
@@ -103,15 +114,37 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     if inside.as_os_str().len() <= MAX_SOCKET_PATH {
         return inside;
     }
-    // FNV-1a: stable across builds, unlike std's hasher.
-    let hash = state_dir
-        .as_os_str()
+    Path::new(SHORT_SOCKET_DIR).join(format!("{:016x}.sock", hash(state_dir)))
+}
+
+/// The path of the shim's socket `name` (`attach.sock`, a console
+/// socket): `<state-dir>/<name>`, or `<hash>-<name>` under
+/// [`SHORT_SOCKET_DIR`] when that is too long, as for [`socket_path`].
+pub fn named_socket_path(state_dir: &Path, name: &str) -> PathBuf {
+    let inside = state_dir.join(name);
+    if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+        return inside;
+    }
+    Path::new(SHORT_SOCKET_DIR).join(format!("{:016x}-{name}", hash(state_dir)))
+}
+
+/// FNV-1a of a path: stable across builds, unlike std's hasher.
+fn hash(path: &Path) -> u64 {
+    path.as_os_str()
         .as_encoded_bytes()
         .iter()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    Path::new(SHORT_SOCKET_DIR).join(format!("{hash:016x}.sock"))
+        })
+}
+
+/// The address of the attach socket of the task in `state_dir`
+/// (`unix://<path>`), while its init runs; see [`attach`].
+pub fn read_attach_address(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(state_dir.join(ATTACH_ADDRESS_FILE))
+        .ok()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
 }
 
 /// The shim's address as recorded in its state dir (`None` when no shim
@@ -137,5 +170,14 @@ mod tests {
         assert!(path.as_os_str().len() <= MAX_SOCKET_PATH);
         assert_eq!(path, socket_path(&long));
         assert_ne!(path, socket_path(&long.join("b")));
+        assert_eq!(
+            named_socket_path(short, "attach.sock"),
+            short.join("attach.sock")
+        );
+        let attach = named_socket_path(&long, "attach.sock");
+        assert!(
+            attach.starts_with(SHORT_SOCKET_DIR) && attach.as_os_str().len() <= MAX_SOCKET_PATH
+        );
+        assert_ne!(attach, path);
     }
 }

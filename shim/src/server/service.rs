@@ -15,6 +15,7 @@ use containerd_shim_protos::shim::shim_ttrpc::Task;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as ApiStatus};
 use ttrpc::{Code, TtrpcContext};
 
+use super::stdio::ExecPaths;
 use super::task::{CreateSpec, Status, Supervisor, TaskError};
 use crate::exit::ExitRecord;
 use crate::options::TaskOptions;
@@ -95,12 +96,6 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        if req.terminal || !req.stdin.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "terminals and stdin are not implemented by berth-shim yet",
-            ));
-        }
         if !req.rootfs.is_empty() || !req.checkpoint.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
@@ -115,6 +110,8 @@ impl Task for Service {
             bundle: req.bundle.into(),
             stdout: req.stdout,
             stderr: req.stderr,
+            stdin: req.stdin,
+            terminal: req.terminal,
             options,
         })?;
         let mut resp = api::CreateTaskResponse::new();
@@ -256,9 +253,6 @@ impl Task for Service {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        if req.terminal || !req.stdin.is_empty() {
-            return unimplemented("Exec with a terminal or stdin");
-        }
         let spec = req
             .spec
             .as_ref()
@@ -270,17 +264,38 @@ impl Task for Service {
                 "exec: the process spec is empty".to_string(),
             ));
         }
+        let paths = ExecPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
         self.supervisor
-            .exec_add(&req.id, &req.exec_id, spec, req.stdout, req.stderr)?;
+            .exec_add(&req.id, &req.exec_id, spec, paths)?;
         Ok(Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
-        unimplemented("ResizePty")
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
+        if req.exec_id.is_empty() {
+            self.supervisor.resize(&req.id, req.width, req.height)?;
+        } else {
+            self.supervisor
+                .exec_resize(&req.id, &req.exec_id, req.width, req.height)?;
+        }
+        Ok(Empty::new())
     }
 
-    fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> ttrpc::Result<Empty> {
-        unimplemented("CloseIO")
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
+        // Only stdin can be closed; without `stdin` the call asks nothing.
+        if !req.stdin {
+            return Ok(Empty::new());
+        }
+        if req.exec_id.is_empty() {
+            self.supervisor.close_stdin(&req.id)?;
+        } else {
+            self.supervisor.exec_close_stdin(&req.id, &req.exec_id)?;
+        }
+        Ok(Empty::new())
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {

@@ -107,6 +107,7 @@ fn answers(address: &str) -> bool {
 /// `Shutdown` sends to.
 fn set_up(args: &ShimArgs, address: &str) -> Result<(ttrpc::Server, Receiver<()>), ShimError> {
     let state_dir = &args.state_dir;
+    sys::use_one_malloc_arena();
     sys::setsid().map_err(|e| ShimError::io("setsid", e))?;
     redirect_stdio(&state_dir.join(LOG_FILE))?;
     sys::set_child_subreaper().map_err(|e| ShimError::io("set child subreaper", e))?;

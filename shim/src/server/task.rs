@@ -1,7 +1,10 @@
 //! The one task a shim supervises: creating it (runc bundle or pause
-//! process), starting, signalling and deleting it, and recording its exit
-//! before anyone hears of it. The ttrpc service ([`super::service`]) only
-//! translates to and from these calls.
+//! process), starting, signalling and deleting it, its stdio (terminal,
+//! stdin, attach socket: [`super::stdio`]), and recording its exit before
+//! anyone hears of it. Exec processes are in [`exec`]. The ttrpc service
+//! ([`super::service`]) only translates to and from these calls.
+
+mod exec;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -13,13 +16,17 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::console;
 use super::events::{Event, Publisher};
 use super::monitor::{Cursor, Monitor};
 use super::oom::OomCounter;
 use super::record::{Runner, TASK_FILE, TaskRecord, start_time};
+use super::stdio::{InitIo, InitLogs, InitSetup};
+use super::{ATTACH_ADDRESS_FILE, ATTACH_SOCKET, named_socket_path};
 use crate::exit::ExitRecord;
 use crate::options::TaskOptions;
 use crate::pause::{Command as PauseCommand, PauseConfig};
+use exec::ExecProcess;
 
 /// The pid file runc writes for the container's init.
 const INIT_PID_FILE: &str = "init.pid";
@@ -27,6 +34,8 @@ const INIT_PID_FILE: &str = "init.pid";
 const RUNC_LOG_FILE: &str = "runc.log";
 /// Where the pause process's stderr goes unless the request names a file.
 const PAUSE_LOG_FILE: &str = "pause.log";
+/// The init's console socket (a terminal's master comes through it).
+pub(crate) const CONSOLE_SOCKET: &str = "console.sock";
 /// How long the pause process may take to pin its namespaces.
 const PAUSE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,6 +76,11 @@ pub(crate) struct CreateSpec {
     pub(crate) bundle: PathBuf,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
+    /// What the request named as stdin; non-empty: the init has a stdin,
+    /// fed by attached clients.
+    pub(crate) stdin: String,
+    /// Whether the init has a terminal.
+    pub(crate) terminal: bool,
     pub(crate) options: TaskOptions,
 }
 
@@ -76,10 +90,10 @@ impl CreateSpec {
         Event::Create {
             id: self.id.clone(),
             bundle: self.bundle.to_string_lossy().into_owned(),
-            stdin: String::new(),
+            stdin: self.stdin.clone(),
             stdout: self.stdout.clone(),
             stderr: self.stderr.clone(),
-            terminal: false,
+            terminal: self.terminal,
             pid: event_pid(pid),
         }
     }
@@ -109,27 +123,10 @@ struct Task {
     /// The OOM kill count of the container's memory cgroup (runc tasks
     /// whose cgroup has one).
     oom: Option<OomCounter>,
+    /// The init's stdio while it runs (runc tasks).
+    io: Option<InitIo>,
     /// Exec processes by exec id.
     execs: std::collections::HashMap<String, ExecProcess>,
-}
-
-impl Task {
-    /// The exec process `exec_id`.
-    fn exec(&self, exec_id: &str) -> Result<&ExecProcess, TaskError> {
-        self.execs
-            .get(exec_id)
-            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} not found")))
-    }
-}
-
-/// An extra process run in the task's container (`runc exec`).
-struct ExecProcess {
-    /// The OCI process spec, JSON.
-    spec: Vec<u8>,
-    stdout: String,
-    stderr: String,
-    pid: Option<i32>,
-    exit: Option<ExitRecord>,
 }
 
 /// Supervises the shim's one task.
@@ -157,6 +154,13 @@ impl Supervisor {
 
     fn lock(&self) -> Guard<'_> {
         self.task.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the next change of the task (an exit, a delete).
+    fn wait_changed<'a>(&self, guard: Guard<'a>) -> Guard<'a> {
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The task named `id`, from a held lock.
@@ -205,16 +209,23 @@ impl Supervisor {
         }
         // Taken before anything is spawned: the init may exit at once.
         let cursor = self.monitor.subscribe();
-        let (pid, runner) = match &spec.options {
+        let (pid, runner, io) = match &spec.options {
             TaskOptions::Runc { binary, root } => {
                 let runner = Runner::Runc {
                     binary: binary.clone().unwrap_or_else(|| "runc".into()),
                     root: root.clone(),
                 };
-                (self.runc_create(&spec, &runner)?, runner)
+                let (pid, io) = self.runc_create(&spec, &runner)?;
+                (pid, runner, Some(io))
+            }
+            TaskOptions::Pause { .. } if spec.terminal || !spec.stdin.is_empty() => {
+                return Err(TaskError::InvalidArgument(
+                    "the pause process has neither a terminal nor a stdin".into(),
+                ));
             }
             TaskOptions::Pause { binary, args } => {
-                self.pause_create(&spec, binary, args, &cursor)?
+                let (pid, runner) = self.pause_create(&spec, binary, args, &cursor)?;
+                (pid, runner, None)
             }
         };
         // The runtime has put the init in its cgroup by now.
@@ -253,23 +264,28 @@ impl Supervisor {
             },
             runner,
             oom,
+            io,
             execs: std::collections::HashMap::new(),
         });
         Ok(pid)
     }
 
-    /// Writes the exit file (with whether the OOM killer struck the
+    /// Drains the init's output into its log and to attached clients, then
+    /// writes the exit file (with whether the OOM killer struck the
     /// container's cgroup, read before the runtime may delete the cgroup),
     /// then makes the exit visible to `State` and `Wait`, then publishes it:
     /// an exit is never reported before it is on disk.
     fn record_exit(&self, mut exit: ExitRecord) {
-        let (id, oom) = {
-            let guard = self.lock();
-            match guard.as_ref().filter(|t| t.view.pid == exit.pid) {
-                Some(task) => (task.view.id.clone(), task.oom.clone()),
+        let (id, oom, io) = {
+            let mut guard = self.lock();
+            match guard.as_mut().filter(|t| t.view.pid == exit.pid) {
+                Some(task) => (task.view.id.clone(), task.oom.clone(), task.io.take()),
                 None => return,
             }
         };
+        if let Some(io) = io {
+            io.finish();
+        }
         exit.oom_killed = oom.is_some_and(|counter| counter.grew());
         if let Err(e) = exit.write(&self.state_dir) {
             eprintln!(
@@ -296,45 +312,49 @@ impl Supervisor {
         });
     }
 
-    fn runc_create(&self, spec: &CreateSpec, runner: &Runner) -> Result<i32, TaskError> {
+    /// `runc create`, with the init's stdio through the shim; returns its
+    /// pid and stdio.
+    fn runc_create(&self, spec: &CreateSpec, runner: &Runner) -> Result<(i32, InitIo), TaskError> {
         let pid_file = self.state_dir.join(INIT_PID_FILE);
         let _ = std::fs::remove_file(&pid_file);
+        let logs = InitLogs::open(&spec.stdout, &spec.stderr)?;
+        let console = named_socket_path(&self.state_dir, CONSOLE_SOCKET);
+        let mut setup = InitSetup::new(
+            logs,
+            spec.terminal.then_some(console.as_path()),
+            !spec.stdin.is_empty(),
+        )?;
         let mut args: Vec<OsString> = vec!["create".into(), "--bundle".into()];
         args.push(spec.bundle.clone().into());
+        if let Some(console) = setup.console_socket() {
+            args.extend(["--console-socket".into(), console.into()]);
+        }
         args.extend([
             "--pid-file".into(),
             pid_file.clone().into(),
             spec.id.clone().into(),
         ]);
-        // One file for both streams is the kubelet's CRI log: the shim
-        // writes it in the CRI format through pipes it drains itself.
-        let (stdout, stderr) = if !spec.stdout.is_empty() && spec.stdout == spec.stderr {
-            let (out, err) = super::cri_log::start(Path::new(&spec.stdout)).map_err(|e| {
-                TaskError::InvalidArgument(format!("cannot open log {}: {e}", spec.stdout))
-            })?;
-            (Stdio::from(out), Stdio::from(err))
-        } else {
-            (open_output(&spec.stdout)?, open_output(&spec.stderr)?)
-        };
-        self.runc(runner, &args, stdout, stderr)?;
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        match pid {
-            Some(pid) => Ok(pid),
-            None => {
-                let _ = self.runc(
-                    runner,
-                    &["delete".into(), "--force".into(), spec.id.clone().into()],
-                    Stdio::null(),
-                    Stdio::null(),
-                );
-                Err(TaskError::Internal(format!(
-                    "runc create left no pid in {}",
-                    pid_file.display()
-                )))
-            }
+        let (stdin, stdout, stderr) = setup.runtime_stdio();
+        self.runc_io(runner, &args, RuncStdin::Stdio(stdin), stdout, stderr)
+            .map_err(RuncFailure::into_task_error)?;
+        let created = read_pid(&pid_file)
+            .ok_or_else(|| {
+                TaskError::Internal(format!("runc create left no pid in {}", pid_file.display()))
+            })
+            .and_then(|pid| {
+                let socket = named_socket_path(&self.state_dir, ATTACH_SOCKET);
+                let io = setup.run(&socket, &self.state_dir.join(ATTACH_ADDRESS_FILE))?;
+                Ok((pid, io))
+            });
+        if created.is_err() {
+            let _ = self.runc(
+                runner,
+                &["delete".into(), "--force".into(), spec.id.clone().into()],
+                Stdio::null(),
+                Stdio::null(),
+            );
         }
+        created
     }
 
     /// Runs the OCI runtime to completion (reaped by the monitor, never by
@@ -346,17 +366,16 @@ impl Supervisor {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<(), TaskError> {
-        self.runc_with_input(runner, args, None, stdout, stderr)
+        self.runc_io(runner, args, RuncStdin::Null, stdout, stderr)
             .map_err(RuncFailure::into_task_error)
     }
 
-    /// Runs the OCI runtime to completion with `input` on its stdin (none:
-    /// `/dev/null`).
-    fn runc_with_input(
+    /// Runs the OCI runtime to completion with `stdin`.
+    fn runc_io(
         &self,
         runner: &Runner,
         args: &[OsString],
-        input: Option<&[u8]>,
+        stdin: RuncStdin<'_>,
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<(), RuncFailure> {
@@ -368,13 +387,14 @@ impl Supervisor {
         if let Some(root) = root {
             cmd.arg("--root").arg(root);
         }
-        let (stdin, writer) = match input {
-            Some(_) => {
+        let (stdin, input) = match stdin {
+            RuncStdin::Data(data) => {
                 let (reader, writer) = std::io::pipe()
                     .map_err(|e| RuncFailure::Spawn(format!("cannot make a pipe: {e}")))?;
-                (Stdio::from(reader), Some(writer))
+                (Stdio::from(reader), Some((writer, data)))
             }
-            None => (Stdio::null(), None),
+            RuncStdin::Stdio(stdin) => (stdin, None),
+            RuncStdin::Null => (Stdio::null(), None),
         };
         cmd.arg("--log")
             .arg(&log)
@@ -395,7 +415,7 @@ impl Supervisor {
             .spawn()
             .map_err(|e| RuncFailure::Spawn(format!("cannot run {what}: {e}")))?;
         drop(cmd);
-        if let (Some(mut writer), Some(input)) = (writer, input) {
+        if let Some((mut writer, input)) = input {
             // The runtime reads all of its input before it acts; one that
             // failed early closed the pipe, and its status says why.
             let _ = std::io::Write::write_all(&mut writer, input);
@@ -444,10 +464,10 @@ impl Supervisor {
             )));
         }
         let args = ["update".into(), "--resources".into(), "-".into(), id.into()];
-        self.runc_with_input(
+        self.runc_io(
             &task.runner,
             &args,
-            Some(resources),
+            RuncStdin::Data(resources),
             Stdio::null(),
             Stdio::null(),
         )
@@ -600,189 +620,6 @@ impl Supervisor {
         }
     }
 
-    /// Registers an exec process in a running runc task.
-    pub(crate) fn exec_add(
-        &self,
-        id: &str,
-        exec_id: &str,
-        spec: Vec<u8>,
-        stdout: String,
-        stderr: String,
-    ) -> Result<(), TaskError> {
-        if exec_id.is_empty()
-            || exec_id.len() > 64
-            || !exec_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(TaskError::InvalidArgument(format!(
-                "exec id {exec_id:?}: 1-64 letters, digits, '-' or '_'"
-            )));
-        }
-        let mut guard = self.lock();
-        let task = Self::get(&mut guard, id)?;
-        if !matches!(task.runner, Runner::Runc { .. }) || task.view.status != Status::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "task {id:?} is not a running container"
-            )));
-        }
-        if task.execs.contains_key(exec_id) {
-            return Err(TaskError::AlreadyExists(format!("exec {exec_id:?} exists")));
-        }
-        task.execs.insert(
-            exec_id.to_owned(),
-            ExecProcess {
-                spec,
-                stdout,
-                stderr,
-                pid: None,
-                exit: None,
-            },
-        );
-        self.events.publish(Event::ExecAdded {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-        });
-        Ok(())
-    }
-
-    /// Starts a registered exec process (`runc exec --detach`); a thread
-    /// records its exit. Returns its pid.
-    pub(crate) fn exec_start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<i32, TaskError> {
-        let (runner, spec, stdout, stderr) = {
-            let mut guard = self.lock();
-            let task = Self::get(&mut guard, id)?;
-            let exec = task.exec(exec_id)?;
-            if exec.pid.is_some() {
-                return Err(TaskError::FailedPrecondition(format!(
-                    "exec {exec_id:?} already started"
-                )));
-            }
-            (
-                task.runner.clone(),
-                exec.spec.clone(),
-                exec.stdout.clone(),
-                exec.stderr.clone(),
-            )
-        };
-        let spec_file = self.state_dir.join(format!("exec-{exec_id}.json"));
-        let pid_file = self.state_dir.join(format!("exec-{exec_id}.pid"));
-        std::fs::write(&spec_file, &spec).map_err(|e| {
-            TaskError::Internal(format!("cannot write {}: {e}", spec_file.display()))
-        })?;
-        // Subscribed before the process exists: its exit cannot be missed.
-        let cursor = self.monitor.subscribe();
-        let args: Vec<OsString> = vec![
-            "exec".into(),
-            "--detach".into(),
-            "--process".into(),
-            spec_file.clone().into(),
-            "--pid-file".into(),
-            pid_file.clone().into(),
-            id.into(),
-        ];
-        let started = self.runc(&runner, &args, open_output(&stdout)?, open_output(&stderr)?);
-        let _ = std::fs::remove_file(&spec_file);
-        started?;
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| {
-                TaskError::Internal(format!("runc exec left no pid in {}", pid_file.display()))
-            })?;
-        let _ = std::fs::remove_file(&pid_file);
-        {
-            let mut guard = self.lock();
-            if let Ok(task) = Self::get(&mut guard, id)
-                && let Some(exec) = task.execs.get_mut(exec_id)
-            {
-                exec.pid = Some(pid);
-            }
-        }
-        // Published before the watcher exists, so it precedes the exit.
-        self.events.publish(Event::ExecStarted {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            pid: event_pid(pid),
-        });
-        let supervisor = Arc::clone(self);
-        let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
-        std::thread::Builder::new()
-            .name("exec-wait".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let exit = cursor.wait(pid);
-                let mut guard = supervisor.lock();
-                if let Ok(task) = Self::get(&mut guard, &id)
-                    && let Some(exec) = task.execs.get_mut(&exec_id)
-                {
-                    exec.exit = Some(exit);
-                }
-                drop(guard);
-                supervisor.changed.notify_all();
-                supervisor.events.publish(Event::Exit {
-                    id,
-                    process: exec_id,
-                    pid: event_pid(exit.pid),
-                    exit_status: exit.exit_status,
-                    exited_at: exit.exited_at,
-                });
-            })
-            .map_err(|e| TaskError::Internal(format!("cannot start the exec watcher: {e}")))?;
-        Ok(pid)
-    }
-
-    /// Blocks until the exec process has exited.
-    pub(crate) fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitRecord, TaskError> {
-        let mut guard = self.lock();
-        loop {
-            let task = Self::get(&mut guard, id)?;
-            let exec = task.exec(exec_id)?;
-            if let Some(exit) = exec.exit {
-                return Ok(exit);
-            }
-            guard = self
-                .changed
-                .wait(guard)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Signals the exec process.
-    pub(crate) fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), TaskError> {
-        let mut guard = self.lock();
-        let task = Self::get(&mut guard, id)?;
-        let exec = task.exec(exec_id)?;
-        let (Some(pid), None) = (exec.pid, exec.exit) else {
-            return Err(TaskError::NotFound(format!(
-                "exec {exec_id:?} is not running"
-            )));
-        };
-        let signal = i32::try_from(signal)
-            .ok()
-            .and_then(|s| Signal::try_from(s).ok())
-            .ok_or_else(|| TaskError::InvalidArgument(format!("invalid signal {signal}")))?;
-        kill(Pid::from_raw(pid), signal)
-            .map_err(|e| TaskError::Internal(format!("cannot signal exec pid {pid}: {e}")))
-    }
-
-    /// Forgets an exec process that has exited (or never started).
-    pub(crate) fn exec_delete(&self, id: &str, exec_id: &str) -> Result<ExitRecord, TaskError> {
-        let mut guard = self.lock();
-        let task = Self::get(&mut guard, id)?;
-        let exec = task.exec(exec_id)?;
-        if exec.pid.is_some() && exec.exit.is_none() {
-            return Err(TaskError::FailedPrecondition(format!(
-                "exec {exec_id:?} is running"
-            )));
-        }
-        let exit = exec
-            .exit
-            .unwrap_or_else(|| ExitRecord::exited(0, 0, std::time::SystemTime::now()));
-        task.execs.remove(exec_id);
-        Ok(exit)
-    }
-
     /// Blocks until the task's init has exited (and its exit is on disk).
     pub(crate) fn wait(&self, id: &str) -> Result<ExitRecord, TaskError> {
         let mut guard = self.lock();
@@ -790,10 +627,7 @@ impl Supervisor {
             if let Some(exit) = Self::get(&mut guard, id)?.view.exit {
                 return Ok(exit);
             }
-            guard = self
-                .changed
-                .wait(guard)
-                .unwrap_or_else(PoisonError::into_inner);
+            guard = self.wait_changed(guard);
         }
     }
 
@@ -811,10 +645,7 @@ impl Supervisor {
             }
             let _ = kill(Pid::from_raw(task.view.pid), Signal::SIGKILL);
             while Self::get(&mut guard, id)?.view.exit.is_none() {
-                guard = self
-                    .changed
-                    .wait(guard)
-                    .unwrap_or_else(PoisonError::into_inner);
+                guard = self.wait_changed(guard);
             }
         }
         let task = Self::get(&mut guard, id)?;
@@ -842,6 +673,35 @@ impl Supervisor {
         Ok(exit)
     }
 
+    /// Sets the window size of the init's terminal.
+    pub(crate) fn resize(&self, id: &str, width: u32, height: u32) -> Result<(), TaskError> {
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        let Some(master) = task.io.as_ref().and_then(|io| io.console.as_ref()) else {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {id:?} has no running terminal"
+            )));
+        };
+        console::resize(master, width, height).map_err(resize_error)
+    }
+
+    /// Closes the init's stdin (CRI `stdin_once`: after the first attach).
+    pub(crate) fn close_stdin(&self, id: &str) -> Result<(), TaskError> {
+        let mut guard = self.lock();
+        let task = Self::get(&mut guard, id)?;
+        match &task.io {
+            Some(io) if io.stdin => io.close_stdin(),
+            Some(_) => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id:?} has no stdin"
+                )));
+            }
+            // Exited: its stdin is closed already.
+            None => {}
+        }
+        Ok(())
+    }
+
     /// The task's processes: its init and the init's descendants.
     pub(crate) fn pids(&self, id: &str) -> Result<Vec<i32>, TaskError> {
         let mut guard = self.lock();
@@ -850,6 +710,29 @@ impl Supervisor {
             return Ok(Vec::new());
         }
         Ok(descendants(task.view.pid))
+    }
+}
+
+/// What the OCI runtime reads on its stdin.
+enum RuncStdin<'a> {
+    /// Nothing (`/dev/null`).
+    Null,
+    /// These bytes, then end-of-file.
+    Data(&'a [u8]),
+    /// This (handed to the process it starts, without a terminal).
+    Stdio(Stdio),
+}
+
+/// The pid in a pid file the runtime wrote.
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A failed resize as a task error.
+fn resize_error(e: std::io::Error) -> TaskError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidInput => TaskError::InvalidArgument(format!("resize: {e}")),
+        _ => TaskError::Internal(format!("resize: {e}")),
     }
 }
 
