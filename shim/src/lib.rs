@@ -11,13 +11,17 @@
 //!   namespaces, and [`pause::unpin`] to release them when the pod goes.
 //! - [`server`]: the shim itself (binary `berth-shim`): daemonizing
 //!   (`start`), cleaning up after a dead shim (`delete`), the Task service
-//!   over ttrpc, the reaper, and the task it supervises.
-//! - [`exit`]: the exit record the shim writes before it reports an exit,
-//!   which berthd reads when the shim is gone.
+//!   over ttrpc, the reaper, the task it supervises and its stdio, the
+//!   attach socket ([`server::attach`]) and the events it publishes
+//!   ([`server::events`]).
+//! - [`exit`]: the exit record the shim writes before it reports an exit
+//!   (code, signal, time, OOM kill), which berthd reads when the shim is
+//!   gone.
 //! - [`options`]: what a task runs (runc bundle or pause process), carried
 //!   in `CreateTaskRequest.options`; shared by the shim and its clients.
-//! - `sys` (private): the crate's only unsafe code, `fork` and `unshare`,
-//!   and the other process-wide calls (`setsid`, child subreaper).
+//! - `sys` (private): the crate's only unsafe code, `fork`, `unshare` and
+//!   `mallopt`, and the other process-wide calls (`setsid`, child
+//!   subreaper).
 
 pub mod exit;
 pub mod options;

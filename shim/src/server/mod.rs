@@ -8,6 +8,13 @@
 //! reaper thread, no async runtime): it exists once per container, so its
 //! resident memory is the budget.
 //!
+//! Inside: `service` (the Task API, translation only) over `task` (the
+//! supervisor: create, start, kill, exec, exit records), `monitor` (the one
+//! reaper), `stdio` and `pump` (a process's stdio, moved by one poll(2)
+//! thread per process), `cri_log` (the CRI log format), `console` (ptys
+//! from the runtime), [`attach`] (the attach socket and its protocol),
+//! [`events`] (the events publisher), `oom` (OOM kill counts).
+//!
 //! State dir layout (all files written atomically):
 //! - `shim.sock`: the ttrpc socket (or, when that path is too long for a
 //!   unix socket, `/run/berth/s/<hash>.sock`);

@@ -105,6 +105,9 @@ impl Task for Service {
         }
         let options = TaskOptions::from_any(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        // `stdin`: any value gives the init a stdin, which the shim holds
+        // and feeds from the attach socket; no path is opened (containerd
+        // names a FIFO there).
         let pid = self.supervisor.create(CreateSpec {
             id: req.id,
             bundle: req.bundle.into(),
