@@ -202,7 +202,9 @@ pub struct TaskIo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecIo {
     /// A FIFO berthd writes the process's stdin to (`None`: no stdin).
-    /// Closing its write end closes the process's stdin.
+    /// The shim opens its read end at `Start` without blocking, so berthd
+    /// opens the write end after `Start` (or `O_RDWR` before). Closing the
+    /// write end closes the process's stdin (a terminal gets end-of-file).
     pub stdin: Option<PathBuf>,
     /// A FIFO (or file) for the process's stdout; with a terminal, all its
     /// output. The shim closes it once the process exited and its output
