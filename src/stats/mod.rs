@@ -16,6 +16,8 @@ mod cgroup;
 mod disk;
 mod net;
 mod rate;
+#[cfg(test)]
+mod root_tests;
 
 use std::path::PathBuf;
 
