@@ -1285,8 +1285,14 @@ async fn idle_shim_resident_memory_stays_under_2_mib() {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|n| n.trim().to_owned())
         .collect();
+    let parts: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("RssAnon:") || l.starts_with("RssFile:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
     eprintln!(
-        "berth-shim resident memory with a running container: {rss_kib} KiB, {threads} threads: {names:?}"
+        "berth-shim resident memory with a running container: {rss_kib} KiB \
+         (anon, file: {parts:?} KiB), {threads} threads: {names:?}"
     );
     assert!(rss_kib < 2048, "berth-shim uses {rss_kib} KiB");
     client.kill(&dir.id, 9, false).await.expect("kill");
