@@ -236,15 +236,25 @@ impl DiskUsageCache {
             entry.0 = now;
             Arc::clone(&entry.1)
         };
-        let mut slot = slot.lock().await;
+        let mut slot = slot.lock_owned().await;
         if let Some((at, usage)) = *slot
             && at.elapsed() <= self.max_age
         {
             return Ok(usage);
         }
-        let usage = disk_usage(dir.to_path_buf()).await?;
-        *slot = Some((Instant::now(), usage));
-        Ok(usage)
+        // The walk stores its result even when this caller gives up
+        // waiting (a client timeout), so the next caller need not start
+        // another walk of the same tree.
+        let path = dir.to_path_buf();
+        let walk = tokio::spawn(async move {
+            let usage = disk_usage(path).await?;
+            *slot = Some((Instant::now(), usage));
+            Ok(usage)
+        });
+        walk.await.map_err(|e| StatsError::DiskUsageTask {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?
     }
 
     /// Forgets `dir` (its container was removed).
