@@ -23,6 +23,8 @@ use crate::sandbox::{SandboxError, Sandboxes};
 use crate::shim_client::TaskExit;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
+mod streaming;
+
 /// How long in-flight requests may run after berthd is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -59,6 +61,20 @@ pub enum DaemonError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// An Exec, Attach or PortForward request is malformed.
+    #[error("{field}: {reason}")]
+    InvalidStreamRequest {
+        /// The request field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The streaming server is not running (yet).
+    #[error("the streaming server is not running")]
+    StreamingNotReady,
+    /// The streaming server could not start or hand out a URL.
+    #[error("streaming server: {0}")]
+    Streaming(String),
     /// UpdateRuntimeConfig carried a pod CIDR that is not a CIDR.
     #[error("runtime_config.network_config.pod_cidr {}: {reason}", quoted(cidr))]
     InvalidPodCidr {
@@ -78,6 +94,8 @@ pub struct Daemon {
     containers: Containers,
     events: EventBus,
     lifecycle: LifecycleBus,
+    /// The exec/attach/port-forward server, once serve() started it.
+    streaming: std::sync::OnceLock<crate::streaming::StreamingServer>,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
     /// sends them), empty until the kubelet sets them.
     pod_cidrs: RwLock<Vec<String>>,
@@ -116,6 +134,7 @@ impl Daemon {
             containers,
             events: EventBus::new(),
             lifecycle,
+            streaming: std::sync::OnceLock::new(),
             pod_cidrs: RwLock::new(Vec::new()),
         }))
     }
@@ -318,6 +337,10 @@ impl Daemon {
         // Events first, so shims that publish while berthd recovers reach it.
         let events = EventsServer::serve(&self.config.state, self.events.clone()).await?;
         self.clone().follow_events();
+        let backend = Arc::new(streaming::DaemonBackend(Arc::downgrade(&self)));
+        let server =
+            crate::streaming::StreamingServer::start(&self.config.streaming, backend).await?;
+        let _ = self.streaming.set(server);
         self.containers.recover().await;
         let (runtime, image) = cri::services(self.clone());
         tracing::info!(socket = %path.display(), version = crate::VERSION, "berthd serving CRI");

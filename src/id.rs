@@ -56,6 +56,14 @@ impl<R: Clone> Object<R> {
             .clone()
     }
 
+    /// Changes the record in place when `change` says it did (returns
+    /// `true`), atomically with respect to every other reader and writer;
+    /// returns the changed record.
+    pub fn update(&self, change: impl FnOnce(&mut R) -> bool) -> Option<R> {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut record).then(|| record.clone())
+    }
+
     /// Replaces the record (after it was written to the store).
     pub fn set(&self, record: R) {
         *self.record.lock().unwrap_or_else(|e| e.into_inner()) = record;

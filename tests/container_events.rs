@@ -177,15 +177,5 @@ async fn a_pod_lifecycle_arrives_in_order() {
             "second subscriber, event {i}"
         );
     }
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = std::fs::remove_dir(
-            hierarchy
-                .path()
-                .join(format!("berth-etest-{}", std::process::id())),
-        );
-    }
+    support::remove_test_cgroup(&format!("berth-etest-{}", std::process::id()));
 }

@@ -80,14 +80,7 @@ async fn wait_state(
 }
 
 fn remove_parent_cgroup(name: &str) {
-    let dir = format!("berth-ctest-{}-{name}", std::process::id());
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = std::fs::remove_dir(hierarchy.path().join(&dir));
-    }
+    support::remove_test_cgroup(&format!("berth-ctest-{}-{name}", std::process::id()));
 }
 
 #[tokio::test]

@@ -179,14 +179,7 @@ fn leftovers(berthd: &Berthd, test: &str) -> Vec<String> {
 
 /// Removes the test's parent cgroups (the kubelet's, in real life).
 fn remove_parent_cgroups(test: &str) {
-    let name = parent(test);
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = std::fs::remove_dir(hierarchy.path().join(&name));
-    }
+    support::remove_test_cgroup(&parent(test));
 }
 
 #[tokio::test]

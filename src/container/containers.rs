@@ -151,6 +151,18 @@ impl Containers {
         self.entries.all()
     }
 
+    /// The record of running container `id`, or FailedPrecondition.
+    pub(super) fn running(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        let record = self.find(id)?.record();
+        if record.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        Ok(record)
+    }
+
     pub(super) fn find(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
         if id.is_empty() {
             return Err(invalid("container_id", "is empty"));
@@ -253,6 +265,9 @@ impl Containers {
                 &sandbox.cgroup_parent,
                 &id,
             ),
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
             resources: config
                 .linux
                 .as_ref()

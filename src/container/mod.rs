@@ -20,6 +20,7 @@ pub mod rootfs;
 mod seccomp_default;
 mod security;
 pub mod spec;
+mod stream;
 mod task;
 mod update;
 mod user;

@@ -112,6 +112,15 @@ pub struct ContainerRecord {
     /// The container's cgroup, relative to the hierarchies' roots.
     #[serde(default)]
     pub cgroup: String,
+    /// The container's process has a terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// Its stdin stays open for Attach.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Its stdin closes when the first attach session closes its stdin.
+    #[serde(default)]
+    pub stdin_once: bool,
     /// The resources the container was created or last updated with.
     #[serde(default)]
     pub resources: Option<ResourcesRecord>,

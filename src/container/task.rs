@@ -26,7 +26,7 @@ pub fn shim_dir(record: &ContainerRecord) -> PathBuf {
     record.bundle.join("shim")
 }
 
-fn shim_error(e: shim_client::ShimClientError) -> ContainerError {
+pub(super) fn shim_error(e: shim_client::ShimClientError) -> ContainerError {
     ContainerError::Shim(e.to_string())
 }
 
@@ -44,36 +44,41 @@ pub(super) struct Recorder {
     pub(super) lifecycle: LifecycleBus,
 }
 
-/// Writes an exit into the record (store first, then memory) and
-/// announces it, once.
+/// Writes an exit into the record and announces it, once: the first of the
+/// waiter, the event and recovery to get here records it, the others find
+/// it exited.
 fn record_exit(rec: &Recorder, entry: &Entry, exit: &TaskExit) {
-    let mut record = entry.record();
-    if record.state == ContainerState::Exited {
+    let recorded = entry.update(|record| {
+        if record.state == ContainerState::Exited {
+            return false;
+        }
+        record.state = ContainerState::Exited;
+        record.exit_code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
+        record.finished_at = nanos(exit.exited_at);
+        record.reason = if exit.exit_status == 0 {
+            "Completed"
+        } else if exit.oom_killed
+            || (exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup))
+        {
+            "OOMKilled"
+        } else {
+            "Error"
+        }
+        .into();
+        if let Some(message) = termination_message(record) {
+            record.message = message;
+        }
+        true
+    });
+    let Some(record) = recorded else {
         return;
-    }
-    record.state = ContainerState::Exited;
-    record.exit_code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
-    record.finished_at = nanos(exit.exited_at);
-    record.reason = if exit.exit_status == 0 {
-        "Completed"
-    } else if exit.oom_killed
-        || (exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup))
-    {
-        "OOMKilled"
-    } else {
-        "Error"
-    }
-    .into();
-    if let Some(message) = termination_message(&record) {
-        record.message = message;
-    }
+    };
     if let Err(e) = rec.store.put(Table::Containers, &record.id, &record) {
         tracing::error!(container = %record.id, error = %e, "exit not recorded");
     }
     rec.lifecycle
         .publish(&record.id, &record.sandbox_id, Lifecycle::Stopped);
     tracing::info!(container = %record.id, exit_code = record.exit_code, "container exited");
-    entry.set(record);
 }
 
 /// The most the termination message holds (the kubelet's limit per
@@ -212,7 +217,11 @@ impl Containers {
             },
         };
         let started = async {
-            client.create(&task).await?;
+            let io = shim_client::TaskIo {
+                stdin: record.stdin,
+                terminal: record.tty,
+            };
+            client.create_with_io(&task, io).await?;
             client.start(&record.id).await
         }
         .await;
@@ -402,10 +411,14 @@ async fn clean_up_dead_shim(rec: &Recorder, entry: &Entry) {
         }
     };
     if let Some(message) = message {
-        // Saved with the exit below.
-        let mut record = entry.record();
-        record.message = message.into();
-        entry.set(record);
+        // Saved with the exit below (unless it was recorded meanwhile).
+        entry.update(|record| {
+            let running = record.state != ContainerState::Exited;
+            if running {
+                record.message = message.into();
+            }
+            running
+        });
     }
     record_exit(rec, entry, &exit);
 }
@@ -455,14 +468,8 @@ impl Containers {
                 reason: "is empty".into(),
             });
         }
-        let record = self.find(id)?.record();
-        if record.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} is not running",
-                record.id
-            )));
-        }
-        let process = exec_process(&record, cmd)?;
+        let record = self.running(id)?;
+        let process = exec_process(&record, cmd, false)?;
         let exec_id = super::containers::new_exec_id()?;
         let out = record.bundle.join(format!("exec-{exec_id}.out"));
         let err = record.bundle.join(format!("exec-{exec_id}.err"));
@@ -510,8 +517,12 @@ impl Containers {
 }
 
 /// The container's own process spec (user, env, cwd, capabilities, ...)
-/// with `cmd` as its arguments and no terminal.
-fn exec_process(record: &ContainerRecord, cmd: &[String]) -> Result<Vec<u8>, ContainerError> {
+/// with `cmd` as its arguments, with or without a terminal.
+pub(super) fn exec_process(
+    record: &ContainerRecord,
+    cmd: &[String],
+    terminal: bool,
+) -> Result<Vec<u8>, ContainerError> {
     let path = record.bundle.join("config.json");
     let io = |source: std::io::Error| ContainerError::Io {
         op: "read",
@@ -525,7 +536,7 @@ fn exec_process(record: &ContainerRecord, cmd: &[String]) -> Result<Vec<u8>, Con
         .cloned()
         .ok_or_else(|| io(std::io::Error::other("config.json has no process")))?;
     process["args"] = serde_json::json!(cmd);
-    process["terminal"] = serde_json::json!(false);
+    process["terminal"] = serde_json::json!(terminal);
     serde_json::to_vec(&process).map_err(|e| io(std::io::Error::other(e)))
 }
 
@@ -533,13 +544,7 @@ impl Containers {
     /// ReopenContainerLog: the shim reopens the log file (after the
     /// kubelet renamed it away); returns once the new file exists.
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
-        let record = self.find(id)?.record();
-        if record.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} is not running",
-                record.id
-            )));
-        }
+        let record = self.running(id)?;
         if record.log_path.is_empty() {
             return Ok(());
         }

@@ -414,19 +414,46 @@ impl RuntimeService for RuntimeApi {
         .await
     }
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        traced("Exec", async { Err(unimplemented("Exec")) }).await
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let r = request.into_inner();
+        traced("Exec", async {
+            let url = self
+                .daemon
+                .exec_url(&r.container_id, r.cmd, (r.stdin, r.stdout, r.stderr, r.tty))
+                .map_err(IntoStatus::into_status)?;
+            Ok(ExecResponse { url })
+        })
+        .await
     }
 
-    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        traced("Attach", async { Err(unimplemented("Attach")) }).await
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let r = request.into_inner();
+        traced("Attach", async {
+            let url = self
+                .daemon
+                .attach_url(&r.container_id, (r.stdin, r.stdout, r.stderr, r.tty))
+                .map_err(IntoStatus::into_status)?;
+            Ok(AttachResponse { url })
+        })
+        .await
     }
 
     async fn port_forward(
         &self,
-        _: Request<PortForwardRequest>,
+        request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        traced("PortForward", async { Err(unimplemented("PortForward")) }).await
+        let r = request.into_inner();
+        traced("PortForward", async {
+            let url = self
+                .daemon
+                .port_forward_url(&r.pod_sandbox_id, &r.port)
+                .map_err(IntoStatus::into_status)?;
+            Ok(PortForwardResponse { url })
+        })
+        .await
     }
 
     async fn container_stats(

@@ -159,7 +159,11 @@ impl IntoStatus for DaemonError {
     fn into_status(self) -> Status {
         let message = self.to_string();
         match self {
-            DaemonError::InvalidPodCidr { .. } => Status::invalid_argument(message),
+            DaemonError::InvalidPodCidr { .. } | DaemonError::InvalidStreamRequest { .. } => {
+                Status::invalid_argument(message)
+            }
+            DaemonError::StreamingNotReady => Status::unavailable(message),
+            DaemonError::Streaming(_) => Status::internal(message),
             DaemonError::Store(e) => e.into_status(),
             DaemonError::Image(e) => e.into_status(),
             DaemonError::Sandbox(e) => e.into_status(),

@@ -8,14 +8,10 @@
 //! [`Backend`] that runs the process or opens the port: the streaming
 //! server knows nothing of containers or sandboxes.
 
-// TEMPORARY: wired once the SPDY session lands.
-#[cfg(any())]
 pub mod portforward;
 pub mod remotecommand;
-#[cfg(any())]
 pub mod server;
 pub mod spdy;
-#[cfg(any())]
 mod spdy_channels;
 pub mod tokens;
 pub mod websocket;
@@ -83,7 +79,6 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// What every connection shares.
-#[allow(dead_code)] // TEMPORARY: until the server is wired
 pub struct Shared {
     tokens: Tokens<Pending>,
     backend: Arc<dyn Backend>,
@@ -136,13 +131,7 @@ impl StreamingServer {
             backend,
             config: config.clone(),
         });
-        #[cfg(any())]
         let task = tokio::spawn(server::run(listener, shared.clone()));
-        #[cfg(not(any()))]
-        let task = {
-            drop(listener);
-            tokio::spawn(async {})
-        };
         let base_url = format!("http://{local}");
         tracing::info!(url = %base_url, "streaming server listening");
         Ok(Self {
@@ -180,7 +169,6 @@ impl Drop for StreamingServer {
 }
 
 /// Writes a failure that happened before a process existed, and closes.
-#[allow(dead_code)] // TEMPORARY: until the server is wired
 async fn fail(channels: Channels, version: Version, message: String) {
     use tokio::io::AsyncWriteExt;
     let Channels { mut error, .. } = channels;
@@ -191,7 +179,6 @@ async fn fail(channels: Channels, version: Version, message: String) {
 }
 
 /// Runs an exec session on `channels`.
-#[allow(dead_code)] // TEMPORARY: until the server is wired
 pub(crate) async fn run_exec(
     channels: Channels,
     version: Version,
@@ -205,7 +192,6 @@ pub(crate) async fn run_exec(
 }
 
 /// Runs an attach session on `channels`.
-#[allow(dead_code)] // TEMPORARY: until the server is wired
 pub(crate) async fn run_attach(
     channels: Channels,
     version: Version,

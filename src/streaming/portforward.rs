@@ -54,6 +54,7 @@ where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (session, mut incoming) = spdy::serve(io);
+    let mut forwards = tokio::task::JoinSet::new();
     let mut pairs: HashMap<String, (tokio::time::Instant, Pair)> = HashMap::new();
     let idle = shared.config.idle_timeout;
     loop {
@@ -109,9 +110,13 @@ where
             };
             let shared = shared.clone();
             let sandbox = request.sandbox_id.clone();
-            tokio::spawn(forward(shared, sandbox, port, error, data));
+            forwards.spawn(forward(shared, sandbox, port, error, data));
         }
+        // Reap finished forwards as we go.
+        while forwards.try_join_next().is_some() {}
     }
+    // The client sent GOAWAY or left: connections in flight finish first.
+    while forwards.join_next().await.is_some() {}
     session.close().await;
 }
 
@@ -130,7 +135,7 @@ async fn forward(
             tracing::debug!(%text);
             let _ = error.write_all(text.as_bytes()).await;
             let _ = error.shutdown().await;
-            let _ = data.reset(spdy::RstStatus::CANCEL);
+            data.reset(spdy::RstStatus::CANCEL);
             return;
         }
     };

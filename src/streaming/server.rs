@@ -155,7 +155,9 @@ fn spdy_upgrade(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let negotiated = chosen.clone();
     tokio::spawn(async move {
+        let chosen = negotiated;
         let upgraded = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

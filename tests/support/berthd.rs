@@ -319,25 +319,46 @@ fn ensure_pause_binary() {
 /// the pause processes berthd started, releases their namespace pins and
 /// deletes the test's bridge.
 fn clean_up_pods(dir: &Path, network: Option<&TestNetwork>) {
-    let sandboxes = dir.join("run/sandboxes");
-    for entry in std::fs::read_dir(&sandboxes)
+    // Whatever a failed test left running: `berth-shim delete` kills each
+    // shim and its task, has runc forget it and releases namespace pins.
+    let shim = Path::new(env!("CARGO_BIN_EXE_berthd")).with_file_name("berth-shim");
+    for kind in ["containers", "sandboxes"] {
+        for entry in std::fs::read_dir(dir.join("run").join(kind))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let state = entry.path();
+            let shim_dir = state.join("shim");
+            if shim_dir.join("shim.pid").exists() {
+                let _ = Command::new(&shim)
+                    .args(["-namespace", "berth", "-id"])
+                    .arg(entry.file_name())
+                    .arg("-state-dir")
+                    .arg(&shim_dir)
+                    .arg("delete")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            let _ = nix::mount::umount2(&state.join("shm"), nix::mount::MntFlags::MNT_DETACH);
+            for ns in ["net", "ipc", "uts", "pid"] {
+                let _ = nix::mount::umount2(
+                    &state.join("ns").join(ns),
+                    nix::mount::MntFlags::MNT_DETACH,
+                );
+            }
+        }
+    }
+    for entry in std::fs::read_dir(dir.join("root/containers"))
         .into_iter()
         .flatten()
         .flatten()
     {
-        let state = entry.path();
-        if let Ok(pid) = std::fs::read_to_string(state.join("pause.pid")) {
-            let pid: i32 = pid.trim().parse().unwrap_or(0);
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if pid > 0 && String::from_utf8_lossy(&cmdline).contains("berth-pause") {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let _ = nix::mount::umount2(&state.join("shm"), nix::mount::MntFlags::MNT_DETACH);
-        for ns in ["net", "ipc", "uts", "pid"] {
-            let _ =
-                nix::mount::umount2(&state.join("ns").join(ns), nix::mount::MntFlags::MNT_DETACH);
-        }
+        let _ = nix::mount::umount2(
+            &entry.path().join("rootfs"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
     }
     if let Some(net) = network {
         let _ = Command::new("ip")

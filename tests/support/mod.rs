@@ -10,6 +10,7 @@ pub mod berthd;
 pub mod cri;
 pub mod image;
 pub mod registry;
+pub mod streaming;
 pub mod sys;
 
 /// Environment variable that asks for the tests that need root (CI sets it).
@@ -105,5 +106,17 @@ pub fn remove_unused_portmap_chains() {
     ] {
         iptables(&["-F", chain]);
         iptables(&["-X", chain]);
+    }
+}
+
+/// Removes the (empty) cgroup `name` directly under every mounted
+/// hierarchy: the cgroup parents tests give their pods.
+pub fn remove_test_cgroup(name: &str) {
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir(hierarchy.path().join(name));
     }
 }
