@@ -23,7 +23,10 @@ use crate::sandbox::{SandboxError, Sandboxes};
 use crate::shim_client::TaskExit;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
+mod stats;
 mod streaming;
+
+pub use stats::{ContainerSample, PodSample};
 
 /// How long in-flight requests may run after berthd is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -94,6 +97,8 @@ pub struct Daemon {
     containers: Containers,
     events: EventBus,
     lifecycle: LifecycleBus,
+    /// What stats keep between calls.
+    stats: stats::StatsState,
     /// The exec/attach/port-forward server, once serve() started it.
     streaming: std::sync::OnceLock<crate::streaming::StreamingServer>,
     /// Pod CIDRs from UpdateRuntimeConfig (comma-separated as the kubelet
@@ -134,6 +139,7 @@ impl Daemon {
             containers,
             events: EventBus::new(),
             lifecycle,
+            stats: stats::StatsState::new(),
             streaming: std::sync::OnceLock::new(),
             pod_cidrs: RwLock::new(Vec::new()),
         }))

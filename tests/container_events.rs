@@ -8,9 +8,6 @@ mod support;
 use std::time::Duration;
 
 use berth_cri_proto::v1::*;
-use support::berthd::Berthd;
-use support::image::ImageBuilder;
-use support::registry::Registry;
 use tokio_stream::StreamExt;
 
 fn pod_config() -> PodSandboxConfig {
@@ -34,16 +31,7 @@ async fn a_pod_lifecycle_arrives_in_order() {
     if !support::root_tests("a_pod_lifecycle_arrives_in_order") {
         return;
     }
-    let registry = Registry::start().expect("registry");
-    let image = ImageBuilder::busybox("berth/events")
-        .tag("v1")
-        .push(&registry)
-        .await
-        .expect("push")
-        .reference()
-        .to_string();
-    let berthd = Berthd::start_with_network("").await;
-    berthd.pull(&image).await;
+    let (_registry, image, berthd) = support::berthd_with_busybox("berth/events").await;
     let mut rt = berthd.runtime().await;
     let mut first = rt
         .get_container_events(GetEventsRequest {})

@@ -175,12 +175,12 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let err = berthd
         .runtime()
         .await
-        .container_stats(ContainerStatsRequest::default())
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("ContainerStats"),
+        err.message().contains("ListMetricDescriptors"),
         "{}",
         err.message()
     );

@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use berth_cri_proto::v1::*;
-use support::berthd::Berthd;
-use support::image::ImageBuilder;
-use support::registry::Registry;
 use support::streaming::{SpdyClient, WsClient, spdy_upgrade};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -124,17 +121,8 @@ async fn exec_attach_and_port_forward() {
     if !support::root_tests("exec_attach_and_port_forward") {
         return;
     }
-    let registry = Registry::start().expect("registry");
-    let image = ImageBuilder::busybox("berth/stream")
-        .tag("v1")
-        .push(&registry)
-        .await
-        .expect("push")
-        .reference()
-        .to_string();
     let logs = tempfile::tempdir().expect("log dir");
-    let berthd = Berthd::start_with_network("").await;
-    berthd.pull(&image).await;
+    let (_registry, image, berthd) = support::berthd_with_busybox("berth/stream").await;
     let mut rt = berthd.runtime().await;
     let mut config = pod_config("stream");
     config.log_directory = logs.path().display().to_string();
@@ -378,15 +366,6 @@ async fn exec_attach_and_port_forward() {
         .expect_err("bad port");
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("remove");
+    support::stop_and_remove_pod(&mut rt, &pod).await;
     support::remove_test_cgroup(&format!("berth-stest-{}", std::process::id()));
 }

@@ -161,6 +161,15 @@ pub fn object_path(driver: crate::config::CgroupDriver, parent: &str, name: &str
     }
 }
 
+/// The kubelet's pod cgroup `parent` as a path relative to the hierarchies'
+/// roots (a systemd slice expanded).
+pub fn parent_path(driver: crate::config::CgroupDriver, parent: &str) -> String {
+    match driver {
+        crate::config::CgroupDriver::Cgroupfs => parent.trim_end_matches('/').to_string(),
+        crate::config::CgroupDriver::Systemd => expand_slice(parent),
+    }
+}
+
 /// `a-b-c.slice` → `a.slice/a-b.slice/a-b-c.slice`; anything else is kept.
 fn expand_slice(slice: &str) -> String {
     let Some(stem) = slice.strip_suffix(".slice").filter(|s| !s.contains('/')) else {

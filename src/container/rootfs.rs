@@ -48,6 +48,11 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsErr
     move |source| RootfsError::Io { op, path, source }
 }
 
+/// The writable layer (overlay upper dir) in a container directory.
+pub fn upper_dir(dir: &Path) -> PathBuf {
+    dir.join("fs")
+}
+
 /// The mount point of the root filesystem in a container directory.
 pub fn mountpoint(dir: &Path) -> PathBuf {
     dir.join("rootfs")
@@ -77,7 +82,7 @@ fn options(lowerdirs: &[PathBuf], upper: &Path, work: &Path) -> Result<String, R
 /// Creates the writable layer and mounts the overlay; returns the mount
 /// point. `lowerdirs` are the image's snapshot dirs, top layer first.
 pub fn mount_rootfs(dir: &Path, lowerdirs: &[PathBuf]) -> Result<PathBuf, RootfsError> {
-    let upper = dir.join("fs");
+    let upper = upper_dir(dir);
     let work = dir.join("work");
     let target = mountpoint(dir);
     let options = options(lowerdirs, &upper, &work)?;

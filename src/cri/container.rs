@@ -13,7 +13,7 @@ fn state(state: ContainerState) -> i32 {
     }
 }
 
-fn metadata(record: &ContainerRecord) -> cri::ContainerMetadata {
+pub(super) fn metadata(record: &ContainerRecord) -> cri::ContainerMetadata {
     cri::ContainerMetadata {
         name: record.metadata_name.clone(),
         attempt: record.attempt,

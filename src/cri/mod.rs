@@ -9,6 +9,7 @@ mod image_service;
 mod runtime_service;
 mod sandbox;
 mod socket;
+mod stats;
 mod status;
 
 use std::future::Future;

@@ -10,7 +10,7 @@ use super::{
     IntoStatus, KUBE_RUNTIME_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, ReplyStream,
     RuntimeApi, traced, unimplemented,
 };
-use super::{container, sandbox};
+use super::{container, sandbox, stats};
 use crate::config;
 use crate::sandbox::SandboxSpec;
 
@@ -458,20 +458,32 @@ impl RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
         traced("ContainerStats", async {
-            Err(unimplemented("ContainerStats"))
+            let sample = self
+                .daemon
+                .container_stats(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(ContainerStatsResponse {
+                stats: Some(stats::container(&sample)),
+            })
         })
         .await
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = stats::container_filter(request.into_inner().filter);
         traced("ListContainerStats", async {
-            Err(unimplemented("ListContainerStats"))
+            let samples = self.daemon.list_container_stats(&filter).await;
+            Ok(ListContainerStatsResponse {
+                stats: samples.iter().map(stats::container).collect(),
+            })
         })
         .await
     }
@@ -480,30 +492,47 @@ impl RuntimeService for RuntimeApi {
 
     async fn stream_container_stats(
         &self,
-        _: Request<StreamContainerStatsRequest>,
+        request: Request<StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = stats::container_filter(request.into_inner().filter);
         traced("StreamContainerStats", async {
-            Err(unimplemented("StreamContainerStats"))
+            let samples = self.daemon.list_container_stats(&filter).await;
+            let items: Vec<_> = samples.iter().map(stats::container).collect();
+            Ok(super::batches(items, |stats| StreamContainerStatsResponse {
+                container_stats: stats,
+            }))
         })
         .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
         traced("PodSandboxStats", async {
-            Err(unimplemented("PodSandboxStats"))
+            let sample = self
+                .daemon
+                .pod_sandbox_stats(&id)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(PodSandboxStatsResponse {
+                stats: Some(stats::pod(&sample)),
+            })
         })
         .await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let filter = stats::pod_filter(request.into_inner().filter);
         traced("ListPodSandboxStats", async {
-            Err(unimplemented("ListPodSandboxStats"))
+            let samples = self.daemon.list_pod_sandbox_stats(&filter).await;
+            Ok(ListPodSandboxStatsResponse {
+                stats: samples.iter().map(stats::pod).collect(),
+            })
         })
         .await
     }
@@ -512,10 +541,15 @@ impl RuntimeService for RuntimeApi {
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<StreamPodSandboxStatsRequest>,
+        request: Request<StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = stats::pod_filter(request.into_inner().filter);
         traced("StreamPodSandboxStats", async {
-            Err(unimplemented("StreamPodSandboxStats"))
+            let samples = self.daemon.list_pod_sandbox_stats(&filter).await;
+            let items: Vec<_> = samples.iter().map(stats::pod).collect();
+            Ok(super::batches(items, |stats| StreamPodSandboxStatsResponse {
+                pod_sandbox_stats: stats,
+            }))
         })
         .await
     }

@@ -11,7 +11,7 @@ fn state(state: SandboxState) -> i32 {
     }
 }
 
-fn metadata(record: &SandboxRecord) -> cri::PodSandboxMetadata {
+pub(super) fn metadata(record: &SandboxRecord) -> cri::PodSandboxMetadata {
     cri::PodSandboxMetadata {
         name: record.metadata.name.clone(),
         uid: record.metadata.uid.clone(),

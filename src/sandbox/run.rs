@@ -183,7 +183,7 @@ impl Sandboxes {
 
     /// The pause process's cgroup: a leaf under the pod's cgroup parent;
     /// `None` when the kubelet gave no parent.
-    fn cgroup_path(&self, record: &SandboxRecord) -> Option<String> {
+    pub fn cgroup_path(&self, record: &SandboxRecord) -> Option<String> {
         (!record.cgroup_parent.is_empty()).then(|| {
             crate::cgroup::object_path(self.config.cgroup_driver, &record.cgroup_parent, &record.id)
         })

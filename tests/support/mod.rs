@@ -120,3 +120,40 @@ pub fn remove_test_cgroup(name: &str) {
         let _ = std::fs::remove_dir(hierarchy.path().join(name));
     }
 }
+
+/// A registry on loopback serving a busybox image `<repo>:v1`, and a berthd
+/// with its own pod network that has pulled it: what container tests start
+/// from. Returns the registry (keep it alive), the image reference and
+/// berthd.
+pub async fn berthd_with_busybox(repo: &str) -> (registry::Registry, String, berthd::Berthd) {
+    let registry = registry::Registry::start().expect("registry");
+    let image = image::ImageBuilder::busybox(repo)
+        .tag("v1")
+        .push(&registry)
+        .await
+        .expect("push")
+        .reference()
+        .to_string();
+    let berthd = berthd::Berthd::start_with_network("").await;
+    berthd.pull(&image).await;
+    (registry, image, berthd)
+}
+
+/// StopPodSandbox then RemovePodSandbox, both expected to succeed.
+pub async fn stop_and_remove_pod(
+    rt: &mut berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+) {
+    rt.stop_pod_sandbox(berth_cri_proto::v1::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(berth_cri_proto::v1::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
