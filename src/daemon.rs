@@ -23,6 +23,7 @@ use crate::sandbox::{SandboxError, Sandboxes};
 use crate::shim_client::TaskExit;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
+mod features;
 mod stats;
 mod streaming;
 
@@ -97,6 +98,8 @@ pub struct Daemon {
     containers: Containers,
     events: EventBus,
     lifecycle: LifecycleBus,
+    /// What each runtime handler can do, probed at start.
+    features: std::sync::OnceLock<std::collections::HashMap<String, features::HandlerFeatures>>,
     /// What stats keep between calls.
     stats: stats::StatsState,
     /// The exec/attach/port-forward server, once serve() started it.
@@ -139,6 +142,7 @@ impl Daemon {
             containers,
             events: EventBus::new(),
             lifecycle,
+            features: std::sync::OnceLock::new(),
             stats: stats::StatsState::new(),
             streaming: std::sync::OnceLock::new(),
             pod_cidrs: RwLock::new(Vec::new()),
@@ -343,6 +347,7 @@ impl Daemon {
         // Events first, so shims that publish while berthd recovers reach it.
         let events = EventsServer::serve(&self.config.state, self.events.clone()).await?;
         self.clone().follow_events();
+        let _ = self.features.set(features::probe_all(&self.config).await);
         let backend = Arc::new(streaming::DaemonBackend(Arc::downgrade(&self)));
         let server =
             crate::streaming::StreamingServer::start(&self.config.streaming, backend).await?;
@@ -422,6 +427,20 @@ impl Daemon {
                 }
             }
         });
+    }
+
+    /// Whether runtime handler `name` ("" = the default) supports
+    /// recursive read-only mounts.
+    pub fn recursive_read_only_mounts(&self, name: &str) -> bool {
+        let name = if name.is_empty() {
+            self.config.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.features
+            .get()
+            .and_then(|f| f.get(name))
+            .is_some_and(|f| f.recursive_read_only_mounts)
     }
 
     /// The bus container and sandbox lifecycle changes are published on.

@@ -163,6 +163,10 @@ async fn create_start_stop_remove_and_survive_a_berthd_kill() {
     let st = wait_state(&mut rt, &sleeper, ContainerState::ContainerRunning).await;
     assert!(st.started_at > 0);
     assert_eq!(st.image_ref, pushed.digest_reference());
+    // The identity the process runs with (root in the busybox image).
+    let user = st.user.and_then(|u| u.linux).expect("user reported");
+    assert_eq!((user.uid, user.gid), (0, 0));
+    assert_eq!(user.supplemental_groups.first(), Some(&0));
 
     // A container that exits on its own: exit code and reason.
     let quick = rt

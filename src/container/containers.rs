@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use berth_cri_proto::v1 as cri;
 
-use super::record::{ContainerRecord, ContainerState, MountRecord};
+use super::record::{ContainerRecord, ContainerState, MountRecord, UserRecord};
 use super::rootfs::{RootfsError, mount_rootfs, unmount_rootfs};
 use super::spec::{SpecError, SpecInput, build};
 use crate::config::Config;
@@ -265,6 +265,7 @@ impl Containers {
                 &sandbox.cgroup_parent,
                 &id,
             ),
+            user: None,
             tty: config.tty,
             stdin: config.stdin,
             stdin_once: config.stdin_once,
@@ -277,7 +278,9 @@ impl Containers {
             bundle: self.config.state.join("containers").join(&id),
         };
         match self.prepare(&record, sandbox, config, &image, snapshots) {
-            Ok(()) => {
+            Ok(user) => {
+                let mut record = record;
+                record.user = user;
                 self.store.put(Table::Containers, &id, &record)?;
                 self.insert(record);
                 self.lifecycle
@@ -301,7 +304,7 @@ impl Containers {
         config: &cri::ContainerConfig,
         image: &ImageRecord,
         snapshots: &SnapshotStore,
-    ) -> Result<(), ContainerError> {
+    ) -> Result<Option<UserRecord>, ContainerError> {
         for dir in [&record.dir, &record.bundle] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -329,7 +332,14 @@ impl Containers {
             source: std::io::Error::other(e),
         })?;
         std::fs::write(&path, json).map_err(io_error("write", &path))?;
-        Ok(())
+        Ok(spec.process().as_ref().map(|p| {
+            let user = p.user();
+            UserRecord {
+                uid: user.uid(),
+                gid: user.gid(),
+                supplemental_groups: user.additional_gids().clone().unwrap_or_default(),
+            }
+        }))
     }
 
     /// Unmounts and deletes what a container set up; best effort, logged.

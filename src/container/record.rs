@@ -60,6 +60,17 @@ pub struct ResourcesRecord {
     pub memory_swap_limit_in_bytes: i64,
 }
 
+/// The identity a container's process runs with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Every group it is in (the primary one included).
+    pub supplemental_groups: Vec<u32>,
+}
+
 /// One container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -112,6 +123,9 @@ pub struct ContainerRecord {
     /// The container's cgroup, relative to the hierarchies' roots.
     #[serde(default)]
     pub cgroup: String,
+    /// The identity its process runs with (ContainerStatus.user).
+    #[serde(default)]
+    pub user: Option<UserRecord>,
     /// The container's process has a terminal.
     #[serde(default)]
     pub tty: bool,

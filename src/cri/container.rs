@@ -74,6 +74,17 @@ pub fn status(record: &ContainerRecord) -> cri::ContainerStatus {
             .collect(),
         log_path: record.log_path.clone(),
         image_id: record.image_id.clone(),
+        user: record.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u
+                    .supplemental_groups
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            }),
+        }),
         resources: record.resources.as_ref().map(|r| cri::ContainerResources {
             linux: Some(crate::container::cri_resources(r)),
             windows: None,

@@ -66,11 +66,11 @@ impl RuntimeService for RuntimeApi {
             let runtime_handlers = default
                 .chain(config.runtimes.keys().cloned())
                 .map(|name| RuntimeHandler {
-                    name,
                     features: Some(RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
+                        recursive_read_only_mounts: self.daemon.recursive_read_only_mounts(&name),
                         user_namespaces: false,
                     }),
+                    name,
                 })
                 .collect();
             Ok(StatusResponse {
@@ -80,7 +80,7 @@ impl RuntimeService for RuntimeApi {
                 info,
                 runtime_handlers,
                 features: Some(RuntimeFeatures {
-                    supplemental_groups_policy: false,
+                    supplemental_groups_policy: true,
                     user_namespaces_host_network: false,
                 }),
             })
@@ -498,8 +498,10 @@ impl RuntimeService for RuntimeApi {
         traced("StreamContainerStats", async {
             let samples = self.daemon.list_container_stats(&filter).await;
             let items: Vec<_> = samples.iter().map(stats::container).collect();
-            Ok(super::batches(items, |stats| StreamContainerStatsResponse {
-                container_stats: stats,
+            Ok(super::batches(items, |stats| {
+                StreamContainerStatsResponse {
+                    container_stats: stats,
+                }
             }))
         })
         .await
@@ -547,8 +549,10 @@ impl RuntimeService for RuntimeApi {
         traced("StreamPodSandboxStats", async {
             let samples = self.daemon.list_pod_sandbox_stats(&filter).await;
             let items: Vec<_> = samples.iter().map(stats::pod).collect();
-            Ok(super::batches(items, |stats| StreamPodSandboxStatsResponse {
-                pod_sandbox_stats: stats,
+            Ok(super::batches(items, |stats| {
+                StreamPodSandboxStatsResponse {
+                    pod_sandbox_stats: stats,
+                }
             }))
         })
         .await
