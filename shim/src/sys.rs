@@ -43,10 +43,14 @@ pub(crate) fn fork() -> io::Result<Forked> {
 }
 
 /// `unshare(2)` of namespaces only (never `CLONE_FILES`, `CLONE_FS` or
-/// `CLONE_SIGHAND`-like flags), refused in a multi-threaded process.
+/// `CLONE_SIGHAND`-like flags), refused in a multi-threaded process (which
+/// the kernel also refuses for `CLONE_NEWUSER`).
 pub(crate) fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
-    let namespaces =
-        UnshareFlags::NEWNET | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS | UnshareFlags::NEWPID;
+    let namespaces = UnshareFlags::NEWNET
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWUSER;
     if !namespaces.contains(flags) {
         return Err(io::Error::other(format!(
             "unshare_namespaces was given flags other than namespaces: {flags:?}"

@@ -413,6 +413,119 @@ fn pid_namespace_init_is_pid_1_and_reaps_orphans() {
     assert_eq!(mounts_under(pause.dir()), Vec::<String>::new());
 }
 
+/// The pid of the outer pause process's only child.
+fn only_child(pid: i32) -> i32 {
+    let children = read_trimmed(&format!("/proc/{pid}/task/{pid}/children"));
+    let children: Vec<i32> = children
+        .split_whitespace()
+        .map(|c| c.parse().expect("pid"))
+        .collect();
+    assert_eq!(children.len(), 1, "one child of {pid}: {children:?}");
+    children[0]
+}
+
+#[test]
+fn user_namespace_is_created_first_and_owns_the_others() {
+    if !root_tests("user_namespace_is_created_first_and_owns_the_others") {
+        return;
+    }
+    let port_start = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let host_port_start = read_trimmed(port_start);
+    let port_value = other_than_host(port_start, ["0", "1"]);
+    let port_sysctl = format!("net.ipv4.ip_unprivileged_port_start={port_value}");
+    let mut pause = Pause::start(&[
+        "--net",
+        "--ipc",
+        "--uts",
+        "--pid",
+        "--hostname",
+        "berth-userns-pod",
+        "--sysctl",
+        &port_sysctl,
+        "--uid-map",
+        "0:200000:65536",
+        "--gid-map",
+        "0:300000:1000",
+    ])
+    .expect("berth-pause starts");
+    let outer = pause.pid.as_raw();
+    let child = only_child(outer);
+    let init = only_child(child);
+
+    // The child holds the user, net, ipc and uts namespaces; its child is
+    // PID 1 of the pod's PID namespace.
+    for namespace in [
+        Namespace::User,
+        Namespace::Net,
+        Namespace::Ipc,
+        Namespace::Uts,
+    ] {
+        assert_pinned(&pause, namespace, child);
+    }
+    assert_pinned(&pause, Namespace::Pid, init);
+    assert_eq!(mounts_under(pause.dir()).len(), 5);
+    assert_eq!(
+        read_trimmed(&format!("/proc/{child}/uid_map"))
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "200000", "65536"]
+    );
+    assert_eq!(
+        read_trimmed(&format!("/proc/{child}/gid_map"))
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "300000", "1000"]
+    );
+    let status = read_trimmed(&format!("/proc/{child}/status"));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:\t200000\t200000\t200000")),
+        "the child is root of the user namespace: {status}"
+    );
+    assert_eq!(
+        read_trimmed(&format!("/proc/{child}/setgroups")),
+        "allow",
+        "containers joining the namespace may set supplementary groups"
+    );
+    for pid in [outer, child, init] {
+        assert_unprivileged(pid);
+    }
+
+    // Root of the pod's user namespace may rename the pod's UTS namespace
+    // only because that namespace is owned by the user namespace.
+    let nsenter_bin = require_binary("nsenter");
+    let user = format!("--user={}", pause.pin(Namespace::User).display());
+    let uts = format!("--uts={}", pause.pin(Namespace::Uts).display());
+    let net = format!("--net={}", pause.pin(Namespace::Net).display());
+    assert_eq!(
+        output(&nsenter_bin, &[&user, &uts, "hostname"]),
+        "berth-userns-pod"
+    );
+    output(&nsenter_bin, &[&user, &uts, "hostname", "renamed-inside"]);
+    assert_eq!(
+        output(&nsenter_bin, &[&user, &uts, "hostname"]),
+        "renamed-inside"
+    );
+    assert_eq!(
+        output(&nsenter_bin, &[&user, &net, "cat", port_start]),
+        port_value
+    );
+    assert_eq!(read_trimmed(port_start), host_port_start, "host unchanged");
+
+    let status = pause.stop(Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop: {status}");
+    for pid in [child, init] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} exited with the outer pause process"
+        );
+    }
+    assert_eq!(mounts_under(pause.dir()).len(), 5, "the pins outlive it");
+    unpin(pause.dir()).expect("unpin");
+    assert_eq!(mounts_under(pause.dir()), Vec::<String>::new());
+}
+
 #[test]
 fn host_wide_sysctl_is_refused_and_nothing_is_left() {
     if !root_tests("host_wide_sysctl_is_refused_and_nothing_is_left") {
@@ -447,7 +560,7 @@ fn failure_after_pinning_unmounts_the_pins() {
     }
     // The sysctl passes the namespace check but does not exist: the process
     // fails after it has pinned its namespaces, and must release them.
-    for pid in [false, true] {
+    for (pid, userns) in [(false, false), (true, false), (false, true), (true, true)] {
         let mut args = vec![
             "--net",
             "--ipc",
@@ -457,6 +570,9 @@ fn failure_after_pinning_unmounts_the_pins() {
         ];
         if pid {
             args.push("--pid");
+        }
+        if userns {
+            args.extend(["--uid-map", "0:300000:65536", "--gid-map", "0:300000:65536"]);
         }
         let failed = Pause::start(&args).err().expect("missing sysctl fails");
         assert_eq!(failed.status.code(), Some(1), "{failed:?}");

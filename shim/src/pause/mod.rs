@@ -1,14 +1,25 @@
 //! The pause process: holds a pod's namespaces for the pod's whole life.
 //!
 //! `berth-pause --state-dir DIR --net --ipc --uts [--pid] [--hostname NAME]
-//! [--sysctl KEY=VALUE]...` unshares the namespaces it is asked for, sets the
-//! hostname and the sysctls inside them, pins each namespace with a bind
-//! mount on `DIR/ns/<name>` (so it outlives the process), drops every
-//! capability, reports readiness (`DIR/pause.pid`, written atomically, then
-//! its pid on one stdout line) and then reaps zombies until SIGTERM or SIGINT,
-//! when it exits 0. With `--pid` it forks: the child is PID 1 of the new PID
-//! namespace and reaps the pod's orphans, the parent forwards SIGTERM/SIGINT
-//! to it and exits with its status.
+//! [--sysctl KEY=VALUE]... [--uid-map C:H:N --gid-map C:H:N]` unshares the
+//! namespaces it is asked for, sets the hostname and the sysctls inside
+//! them, pins each namespace with a bind mount on `DIR/ns/<name>` (so it
+//! outlives the process), drops every capability, reports readiness
+//! (`DIR/pause.pid`, written atomically, then its pid on one stdout line)
+//! and then reaps zombies until SIGTERM or SIGINT, when it exits 0. With
+//! `--pid` it forks: the child is PID 1 of the new PID namespace and reaps
+//! the pod's orphans, the parent forwards SIGTERM/SIGINT to it and exits
+//! with its status.
+//!
+//! With `--uid-map`/`--gid-map` the pod gets a user namespace that owns all
+//! its other namespaces. A process cannot give itself an arbitrary ID map,
+//! and once inside a new user namespace it can no longer mount on the
+//! host, so the pause process forks: the child unshares the user namespace
+//! and waits; the parent, still root on the host, writes the child's
+//! `uid_map` and `gid_map`; the child becomes root of the new namespace and
+//! creates the net/ipc/uts(/pid) namespaces inside it; the parent pins
+//! every one of them (`ns/user` too) and then supervises the child as it
+//! would a PID namespace's init.
 //!
 //! On any error it prints one line on stderr, exits non-zero and leaves no
 //! pin, pin file or pid file behind. The pins outlive a clean exit on
@@ -23,7 +34,7 @@ mod sysctl;
 use std::io;
 use std::path::PathBuf;
 
-pub use config::{Command, PauseConfig, USAGE};
+pub use config::{Command, IdMap, PauseConfig, USAGE, UserNamespace};
 pub use pins::{PID_FILE, ns_dir, pid_file, pin_path, unpin};
 pub use process::run;
 pub use sysctl::Sysctl;
@@ -39,11 +50,13 @@ pub enum Namespace {
     Uts,
     /// PID namespace shared by the pod's containers (`--pid`).
     Pid,
+    /// User namespace owning the others (`--uid-map`/`--gid-map`).
+    User,
 }
 
 impl Namespace {
     /// Every namespace, in the order they are pinned.
-    pub const ALL: [Namespace; 4] = [Self::Net, Self::Ipc, Self::Uts, Self::Pid];
+    pub const ALL: [Namespace; 5] = [Self::Net, Self::Ipc, Self::Uts, Self::Pid, Self::User];
 
     /// The namespace's name in `/proc/<pid>/ns/` and the pin's file name.
     pub fn name(self) -> &'static str {
@@ -52,6 +65,7 @@ impl Namespace {
             Self::Ipc => "ipc",
             Self::Uts => "uts",
             Self::Pid => "pid",
+            Self::User => "user",
         }
     }
 
@@ -62,6 +76,7 @@ impl Namespace {
             Self::Ipc => UnshareFlags::NEWIPC,
             Self::Uts => UnshareFlags::NEWUTS,
             Self::Pid => UnshareFlags::NEWPID,
+            Self::User => UnshareFlags::NEWUSER,
         }
     }
 }
