@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod berthd;
+pub mod container;
 pub mod cri;
 pub mod image;
 pub mod registry;
