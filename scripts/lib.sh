@@ -32,6 +32,6 @@ apt_install() {
 }
 
 # What berthd needs at run time.
-RUNTIME_PACKAGES=(runc crun containernetworking-plugins iptables kmod util-linux iproute2 procps)
+RUNTIME_PACKAGES=(runc crun containernetworking-plugins iptables kmod util-linux iproute2 procps criu)
 # What the tests need on top.
 TEST_PACKAGES=(docker-registry busybox-static)

@@ -17,12 +17,16 @@
 //! - [`exit`]: the exit record the shim writes before it reports an exit
 //!   (code, signal, time, OOM kill), which berthd reads when the shim is
 //!   gone.
+//! - [`checkpoint`]: how a container is checkpointed with CRIU, carried
+//!   in `CheckpointTaskRequest.options`; shared by the shim and its
+//!   clients.
 //! - [`options`]: what a task runs (runc bundle or pause process), carried
 //!   in `CreateTaskRequest.options`; shared by the shim and its clients.
 //! - `sys` (private): the crate's only unsafe code, `fork`, `unshare` and
 //!   `mallopt`, and the other process-wide calls (`setsid`, child
 //!   subreaper).
 
+pub mod checkpoint;
 pub mod exit;
 pub mod options;
 pub mod pause;

@@ -8,7 +8,13 @@
 //! resolution), `namespaces`, `mounts`, `devices`, `resources` (cgroup
 //! path and limits), `security` (capabilities, masked paths, seccomp,
 //! AppArmor) and `seccomp_default` (the RuntimeDefault profile as data).
+//!
+//! CheckpointContainer: `checkpoint` (the CRIU dump through the shim) and
+//! [`checkpoint_archive`] (the archive's layout, shared with CRI-O,
+//! containerd and checkpointctl).
 
+mod checkpoint;
+pub mod checkpoint_archive;
 mod containers;
 mod devices;
 mod mounts;
@@ -25,6 +31,7 @@ mod task;
 mod update;
 mod user;
 
+pub use checkpoint::DEFAULT_CHECKPOINT_TIMEOUT;
 pub use containers::{ContainerError, ContainerFilter, Containers};
 pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 pub use record::{ContainerRecord, ContainerState, MountRecord};

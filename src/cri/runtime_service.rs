@@ -560,10 +560,19 @@ impl RuntimeService for RuntimeApi {
 
     async fn checkpoint_container(
         &self,
-        _: Request<CheckpointContainerRequest>,
+        request: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        let request = request.into_inner();
         traced("CheckpointContainer", async {
-            Err(unimplemented("CheckpointContainer"))
+            // Seconds; zero or less: the runtime's default.
+            let timeout =
+                std::time::Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
+            self.daemon
+                .containers()
+                .checkpoint(&request.container_id, &request.location, timeout)
+                .await
+                .map_err(IntoStatus::into_status)?;
+            Ok(CheckpointContainerResponse {})
         })
         .await
     }

@@ -15,6 +15,8 @@
 //! are FIFOs berthd creates and holds the other end of
 //! ([`ShimClient::exec_with_io`]); [`ShimClient::resize_pty`] and
 //! [`ShimClient::close_io`] act on either.
+//!
+//! [`ShimClient::checkpoint`] dumps a running task with CRIU.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,6 +34,10 @@ use ttrpc::context::{self, Context};
 pub use berth_shim::options::TaskOptions;
 
 pub mod attach;
+
+pub use checkpoint::CheckpointOptions;
+
+mod checkpoint;
 
 pub use cleanup::delete_dead;
 

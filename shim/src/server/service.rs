@@ -17,6 +17,7 @@ use ttrpc::{Code, TtrpcContext};
 
 use super::stdio::ExecPaths;
 use super::task::{CreateSpec, Status, Supervisor, TaskError};
+use crate::checkpoint::CheckpointOptions;
 use crate::exit::ExitRecord;
 use crate::options::TaskOptions;
 
@@ -250,9 +251,25 @@ impl Task for Service {
     fn checkpoint(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::CheckpointTaskRequest,
+        req: api::CheckpointTaskRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("Checkpoint")
+        let options = CheckpointOptions::from_any(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        // containerd names the image directory in `path`; its runc options
+        // may name it too.
+        let image_path = match (req.path.as_str(), &options.image_path) {
+            ("", Some(path)) => path.clone(),
+            ("", None) => {
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    "checkpoint: no image path (the request's path and the options' image_path are empty)",
+                ));
+            }
+            (path, _) => path.into(),
+        };
+        self.supervisor
+            .checkpoint(&req.id, &image_path, &options)?;
+        Ok(Empty::new())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {

@@ -4,6 +4,7 @@
 //! anyone hears of it. Exec processes are in [`exec`]. The ttrpc service
 //! ([`super::service`]) only translates to and from these calls.
 
+mod checkpoint;
 mod exec;
 
 use std::ffi::OsString;

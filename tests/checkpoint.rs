@@ -1,0 +1,340 @@
+//! CheckpointContainer end to end: a running container that counts in
+//! memory is checkpointed into an archive in the layout CRI-O, containerd
+//! and checkpointctl share, and keeps running; wrong requests get the
+//! right codes and leave nothing behind.
+//!
+//! Needs root and CRIU (Debian package criu; installed by scripts/test).
+//! Where `criu check` fails on the host (CRIU older than the kernel), the
+//! test checks that a checkpoint fails cleanly with CRIU's reason instead,
+//! and says loudly that the archive was not checked.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_proto::v1::*;
+use tonic::transport::Channel;
+
+fn cgroup_parent() -> String {
+    format!("berth-ckpt-{}", std::process::id())
+}
+
+fn pod_config(logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "checkpoint".into(),
+            uid: "uid-checkpoint".into(),
+            namespace: "berth-test".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", cgroup_parent()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str, name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("role".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+async fn checkpoint(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    location: &str,
+) -> Result<(), tonic::Status> {
+    rt.checkpoint_container(CheckpointContainerRequest {
+        container_id: id.into(),
+        location: location.into(),
+        timeout: 120,
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> i32 {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .map(|s| s.state)
+    .unwrap_or(-1)
+}
+
+/// The highest `count N` the counter logged.
+fn last_count(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("count ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn wait_count_above(log: &Path, above: u64) -> u64 {
+    for _ in 0..100 {
+        let n = last_count(log);
+        if n > above {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the counter did not go past {above} in {}", log.display());
+}
+
+/// Every entry of a tar archive (gzip when `gzip`) with its bytes.
+fn entries(path: &Path, gzip: bool) -> HashMap<String, Vec<u8>> {
+    let file = std::fs::File::open(path).expect("open archive");
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut out = HashMap::new();
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let name = entry.path().expect("path").to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read entry");
+        out.insert(name.trim_end_matches('/').to_string(), bytes);
+    }
+    out
+}
+
+fn json(entries: &HashMap<String, Vec<u8>>, name: &str) -> serde_json::Value {
+    let bytes = entries
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} in the archive"));
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{name} is JSON: {e}"))
+}
+
+/// Whether CRIU can run on this host, and what it said when it cannot.
+fn criu_check() -> Result<(), String> {
+    let criu = support::require_binary("criu");
+    let out = std::process::Command::new(&criu)
+        .arg("check")
+        .output()
+        .expect("run criu check");
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Names in `dir` starting with `prefix`.
+fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn checkpoint_archives_a_running_container_that_keeps_running() {
+    if !support::root_tests("checkpoint_archives_a_running_container_that_keeps_running") {
+        return;
+    }
+    let criu = criu_check();
+    let (_registry, image, berthd) = support::berthd_with_busybox("berth/checkpoint").await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let out = tempfile::tempdir().expect("archive dir");
+    let mut rt = berthd.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config(logs.path())),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let create = async |rt: &mut RuntimeServiceClient<Channel>, name: &str, script: &str| {
+        rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&image, name, script)),
+            sandbox_config: Some(pod_config(logs.path())),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id
+    };
+    // The counter lives in the shell's memory; the container also writes
+    // a file and deletes one of the image's.
+    let counter = create(
+        &mut rt,
+        "counter",
+        "mkdir -p /data && echo saved > /data/state && rmdir /home/guest; \
+         i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done",
+    )
+    .await;
+    let idle = create(&mut rt, "idle", "sleep 3600").await;
+    rt.start_container(StartContainerRequest {
+        container_id: counter.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    let log = logs.path().join("counter.log");
+    let before = wait_count_above(&log, 3).await;
+
+    // Wrong requests.
+    let location = out.path().join("counter.tar");
+    let location_text = location.display().to_string();
+    let code = |r: Result<(), tonic::Status>| r.err().map(|s| s.code());
+    assert_eq!(
+        code(checkpoint(&mut rt, &counter, "").await),
+        Some(tonic::Code::InvalidArgument)
+    );
+    assert_eq!(
+        code(checkpoint(&mut rt, &counter, "relative.tar").await),
+        Some(tonic::Code::InvalidArgument)
+    );
+    let missing_dir = out.path().join("missing").join("c.tar");
+    assert_eq!(
+        code(checkpoint(&mut rt, &counter, &missing_dir.display().to_string()).await),
+        Some(tonic::Code::InvalidArgument)
+    );
+    assert_eq!(
+        code(checkpoint(&mut rt, &"f".repeat(64), &location_text).await),
+        Some(tonic::Code::NotFound)
+    );
+    let not_running = checkpoint(&mut rt, &idle, &location_text).await;
+    assert_eq!(
+        code(not_running),
+        Some(tonic::Code::FailedPrecondition),
+        "a created container cannot be checkpointed"
+    );
+    assert!(!location.exists());
+
+    let containers_dir = berthd.dir().join("root").join("containers").join(&counter);
+    match criu {
+        Ok(()) => {
+            checkpoint(&mut rt, &counter, &location_text)
+                .await
+                .expect("CheckpointContainer");
+            let gz = out.path().join("counter.tar.gz");
+            checkpoint(&mut rt, &counter, &gz.display().to_string())
+                .await
+                .expect("CheckpointContainer to .tar.gz");
+            for (path, gzip) in [(&location, false), (&gz, true)] {
+                let entries = entries(path, gzip);
+                assert!(
+                    entries.contains_key("checkpoint/inventory.img"),
+                    "CRIU's images in {:?}",
+                    entries.keys().collect::<Vec<_>>()
+                );
+                assert!(entries.keys().any(|k| k.starts_with("checkpoint/pages-")));
+                let config = json(&entries, "config.dump");
+                assert_eq!(config["id"], counter.as_str());
+                assert_eq!(config["rootfsImageName"], image.as_str());
+                let spec = json(&entries, "spec.dump");
+                assert_eq!(
+                    spec["annotations"]["io.kubernetes.cri.container-name"],
+                    "counter"
+                );
+                assert_eq!(
+                    spec["annotations"]["io.kubernetes.cri.sandbox-id"],
+                    pod.as_str()
+                );
+                let status = json(&entries, "status.dump");
+                assert_eq!(status["metadata"]["name"], "counter");
+                assert_eq!(status["labels"]["role"], "counter");
+                let deleted = json(&entries, "deleted.files");
+                assert!(
+                    deleted
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|p| p == "/home/guest")),
+                    "{deleted}"
+                );
+                let diff = entries.get("rootfs-diff.tar").expect("rootfs-diff.tar");
+                let mut diff_tar = tar::Archive::new(diff.as_slice());
+                let mut state = None;
+                for entry in diff_tar.entries().expect("diff entries") {
+                    let mut entry = entry.expect("diff entry");
+                    if entry.path().expect("path").as_os_str() == "data/state" {
+                        let mut text = String::new();
+                        entry.read_to_string(&mut text).expect("read");
+                        state = Some(text);
+                    }
+                }
+                assert_eq!(state.as_deref(), Some("saved\n"), "the writable layer");
+                let logged =
+                    String::from_utf8_lossy(entries.get("container.log").expect("container.log"))
+                        .into_owned();
+                assert!(logged.contains("count "), "{logged}");
+                assert!(entries.contains_key("dump.log"));
+            }
+            // 0600: it holds the container's memory.
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                std::fs::metadata(&location).expect("stat").mode() & 0o777,
+                0o600
+            );
+        }
+        Err(why) => {
+            eprintln!(
+                "\n!!! checkpoint_archives_a_running_container_that_keeps_running: `criu check` \
+                 fails on this host, so the archive itself is not checked; checking a clean \
+                 failure instead. CRIU said:\n{why}!!!\n"
+            );
+            let failed = checkpoint(&mut rt, &counter, &location_text)
+                .await
+                .expect_err("a checkpoint without a working CRIU fails");
+            eprintln!("CheckpointContainer answered: {failed:?}");
+            assert_eq!(failed.code(), tonic::Code::Internal, "{failed:?}");
+            assert!(
+                failed.message().contains("criu") || failed.message().contains("CRIU"),
+                "the error names CRIU: {}",
+                failed.message()
+            );
+            assert!(!location.exists());
+        }
+    }
+    // Nothing left behind: no temporary archive, no work directory.
+    assert!(leftovers(out.path(), ".").is_empty());
+    assert!(leftovers(&containers_dir, "checkpoint-").is_empty());
+    // The container kept running, and kept counting.
+    assert_eq!(
+        state(&mut rt, &counter).await,
+        ContainerState::ContainerRunning as i32
+    );
+    let after = last_count(&log);
+    wait_count_above(&log, after.max(before)).await;
+
+    support::stop_and_remove_pod(&mut rt, &pod).await;
+    support::remove_test_cgroup(&cgroup_parent());
+}
