@@ -175,13 +175,22 @@ impl Daemon {
     }
 
     /// CreateContainer: the container joins a Ready sandbox and runs an
-    /// image that is on the node.
+    /// image that is on the node, or is restored from the checkpoint
+    /// archive its image names.
     pub async fn create_container(
         &self,
         sandbox_id: &str,
         config: &berth_cri_proto::v1::ContainerConfig,
     ) -> Result<String, DaemonError> {
         let sandbox = self.sandboxes.get(sandbox_id)?;
+        if let Some(archive) = crate::container::requested_checkpoint(config) {
+            let image = |name: &str| self.images.status(name);
+            let snapshots = self.images.snapshots();
+            return Ok(self
+                .containers
+                .create_restored(&sandbox, config, &archive, image, snapshots)
+                .await?);
+        }
         let image = config
             .image
             .as_ref()

@@ -163,6 +163,98 @@ fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Creates a container from the archive at `archive` (its path as the
+/// image, as CRI-O takes it), starts it, and checks that its counter goes on
+/// from the checkpoint instead of starting again, on the checkpointed
+/// writable layer.
+async fn restore_continues_the_count(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    logs: &Path,
+    archive: &Path,
+    before: u64,
+) {
+    let in_archive = entries(archive, true);
+    let archived_log = in_archive.get("container.log").expect("container.log");
+    let at_checkpoint = archived_log
+        .split(|b| *b == b'\n')
+        .filter_map(|l| {
+            let l = String::from_utf8_lossy(l);
+            l.rsplit_once("count ")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        })
+        .max()
+        .expect("counts in the archived log");
+    let mut config = container_config(&archive.display().to_string(), "restored", "exit 1");
+    config.labels.insert("restored".into(), "yes".into());
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config(logs)),
+        })
+        .await
+        .expect("CreateContainer from the checkpoint archive")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer restores");
+    assert_eq!(
+        state(rt, &id).await,
+        ContainerState::ContainerRunning as i32
+    );
+    // The new log starts with the old one; what follows is the restored
+    // process's own.
+    let log = logs.join("restored.log");
+    let copied = archived_log.len();
+    let mut first_new = None;
+    for _ in 0..100 {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let new = String::from_utf8_lossy(text.get(copied..).unwrap_or_default()).into_owned();
+        first_new = new
+            .lines()
+            .filter_map(|l| {
+                l.rsplit_once("count ")
+                    .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+            })
+            .next();
+        if first_new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_new = first_new.expect("the restored container counts");
+    eprintln!(
+        "counter: {before} before the checkpoint, {at_checkpoint} in the archived log, \
+         {first_new} first after the restore"
+    );
+    assert!(
+        first_new > before && first_new <= at_checkpoint + 1,
+        "the restored counter goes on from the checkpoint ({before} < {first_new} <= {at_checkpoint} + 1)"
+    );
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /data/state; test -e /home/guest && echo guest-back".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync in the restored container")
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "saved\n",
+        "the checkpointed writable layer, deletions included"
+    );
+}
+
 #[tokio::test]
 async fn checkpoint_archives_a_running_container_that_keeps_running() {
     if !support::root_tests("checkpoint_archives_a_running_container_that_keeps_running") {
@@ -304,6 +396,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
                 std::fs::metadata(&location).expect("stat").mode() & 0o777,
                 0o600
             );
+            restore_continues_the_count(&mut rt, &pod, logs.path(), &gz, before).await;
         }
         Err(why) => {
             eprintln!(

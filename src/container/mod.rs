@@ -11,10 +11,12 @@
 //!
 //! CheckpointContainer: `checkpoint` (the CRIU dump through the shim) and
 //! [`checkpoint_archive`] (the archive's layout, shared with CRI-O,
-//! containerd and checkpointctl).
+//! containerd and checkpointctl); `checkpoint_restore` creates a container
+//! from such an archive, and StartContainer restores it.
 
 mod checkpoint;
 pub mod checkpoint_archive;
+mod checkpoint_restore;
 mod containers;
 mod devices;
 mod mounts;
@@ -32,6 +34,7 @@ mod update;
 mod user;
 
 pub use checkpoint::DEFAULT_CHECKPOINT_TIMEOUT;
+pub use checkpoint_restore::requested_archive as requested_checkpoint;
 pub use containers::{ContainerError, ContainerFilter, Containers};
 pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 pub use record::{ContainerRecord, ContainerState, MountRecord};

@@ -221,7 +221,13 @@ impl Containers {
                 stdin: record.stdin,
                 terminal: record.tty,
             };
-            client.create_with_io(&task, io).await?;
+            match super::checkpoint_restore::pending_images(&record) {
+                Some(images) => {
+                    let timeout = super::DEFAULT_CHECKPOINT_TIMEOUT;
+                    client.create_restored(&task, io, &images, timeout).await?
+                }
+                None => client.create_with_io(&task, io).await?,
+            };
             client.start(&record.id).await
         }
         .await;
@@ -230,6 +236,7 @@ impl Containers {
             let _ = client.shutdown(&record.id).await;
             return Err(shim_error(e));
         }
+        super::checkpoint_restore::forget_images(&record);
         record.state = ContainerState::Running;
         record.started_at = crate::image::now_nanos();
         record.shim_address = Some(client.address().to_string());

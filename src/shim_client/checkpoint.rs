@@ -1,5 +1,7 @@
 //! Checkpointing a task through its shim: the Task API's `Checkpoint` with
-//! containerd's runc checkpoint options ([`CheckpointOptions`]).
+//! containerd's runc checkpoint options ([`CheckpointOptions`]); restoring
+//! one is `Create` with the checkpoint's images
+//! ([`ShimClient::create_restored`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::MessageField;
 use ttrpc::context;
 
-use super::{ShimClient, ShimClientError};
+use super::{CreateTask, ShimClient, ShimClientError, TaskIo, create_request};
 
 pub use berth_shim::checkpoint::CheckpointOptions;
 
@@ -31,5 +33,22 @@ impl ShimClient {
         let ctx = context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
         self.task.checkpoint(ctx, &req).await?;
         Ok(())
+    }
+
+    /// Creates the task by restoring it from the CRIU images in `images`
+    /// (`runc restore`): its init runs once this returns; [`Self::start`]
+    /// then only marks it running. `io` must be what the checkpointed
+    /// container had. The call may take `timeout`.
+    pub async fn create_restored(
+        &self,
+        task: &CreateTask,
+        io: TaskIo,
+        images: &Path,
+        timeout: Duration,
+    ) -> Result<u32, ShimClientError> {
+        let mut req = create_request(task, io);
+        req.checkpoint = images.to_string_lossy().into_owned();
+        let ctx = context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+        Ok(self.task.create(ctx, &req).await?.pid)
     }
 }

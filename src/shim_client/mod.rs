@@ -415,6 +415,22 @@ pub(crate) fn time(ts: &MessageField<Timestamp>) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
+/// The `Create` request for `task` with `io`.
+fn create_request(task: &CreateTask, io: TaskIo) -> api::CreateTaskRequest {
+    let mut req = api::CreateTaskRequest::new();
+    req.id = task.id.clone();
+    req.bundle = task.bundle.to_string_lossy().into_owned();
+    req.stdout = path_string(&task.stdout);
+    req.stderr = path_string(&task.stderr);
+    // The shim holds the init's stdin; the value only has to say so.
+    if io.stdin {
+        req.stdin = ATTACH_STDIN.into();
+    }
+    req.terminal = io.terminal;
+    req.options = MessageField::some(task.options.to_any());
+    req
+}
+
 fn path_string(path: &Option<PathBuf>) -> String {
     path.as_ref()
         .map(|p| p.to_string_lossy().into_owned())
@@ -440,17 +456,7 @@ impl ShimClient {
         task: &CreateTask,
         io: TaskIo,
     ) -> Result<u32, ShimClientError> {
-        let mut req = api::CreateTaskRequest::new();
-        req.id = task.id.clone();
-        req.bundle = task.bundle.to_string_lossy().into_owned();
-        req.stdout = path_string(&task.stdout);
-        req.stderr = path_string(&task.stderr);
-        // The shim holds the init's stdin; the value only has to say so.
-        if io.stdin {
-            req.stdin = ATTACH_STDIN.into();
-        }
-        req.terminal = io.terminal;
-        req.options = MessageField::some(task.options.to_any());
+        let req = create_request(task, io);
         Ok(self.task.create(call_context(), &req).await?.pid)
     }
 

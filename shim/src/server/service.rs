@@ -97,15 +97,29 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        if !req.rootfs.is_empty() || !req.checkpoint.is_empty() {
+        if !req.rootfs.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
-                "rootfs mounts and checkpoints are not implemented by berth-shim: \
+                "rootfs mounts are not implemented by berth-shim: \
                  pass a bundle with its rootfs in place",
             ));
         }
         let options = TaskOptions::from_any(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        // A checkpoint to restore from: the directory of its CRIU images.
+        let checkpoint =
+            (!req.checkpoint.is_empty()).then(|| std::path::PathBuf::from(&req.checkpoint));
+        if let Some(images) = &checkpoint
+            && (!matches!(options, TaskOptions::Runc { .. }) || !images.is_absolute())
+        {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "checkpoint {}: only a runc task restores, from an absolute path",
+                    images.display()
+                ),
+            ));
+        }
         // `stdin`: any value gives the init a stdin, which the shim holds
         // and feeds from the attach socket; no path is opened (containerd
         // names a FIFO there).
@@ -117,6 +131,7 @@ impl Task for Service {
             stdin: req.stdin,
             terminal: req.terminal,
             options,
+            checkpoint,
         })?;
         let mut resp = api::CreateTaskResponse::new();
         resp.pid = self::pid(pid);
@@ -267,8 +282,7 @@ impl Task for Service {
             }
             (path, _) => path.into(),
         };
-        self.supervisor
-            .checkpoint(&req.id, &image_path, &options)?;
+        self.supervisor.checkpoint(&req.id, &image_path, &options)?;
         Ok(Empty::new())
     }
 

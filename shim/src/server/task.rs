@@ -83,6 +83,9 @@ pub(crate) struct CreateSpec {
     /// Whether the init has a terminal.
     pub(crate) terminal: bool,
     pub(crate) options: TaskOptions,
+    /// CRIU images to restore the container from (`runc restore` instead
+    /// of `runc create`; see [`checkpoint`]).
+    pub(crate) checkpoint: Option<PathBuf>,
 }
 
 impl CreateSpec {
@@ -128,6 +131,9 @@ struct Task {
     io: Option<InitIo>,
     /// Exec processes by exec id.
     execs: std::collections::HashMap<String, ExecProcess>,
+    /// Restored from a checkpoint: its init runs from `Create` on, and
+    /// `Start` has no `runc start` to do.
+    restored: bool,
 }
 
 /// Supervises the shim's one task.
@@ -267,6 +273,7 @@ impl Supervisor {
             oom,
             io,
             execs: std::collections::HashMap::new(),
+            restored: spec.checkpoint.is_some(),
         });
         Ok(pid)
     }
@@ -325,8 +332,14 @@ impl Supervisor {
             spec.terminal.then_some(console.as_path()),
             !spec.stdin.is_empty(),
         )?;
-        let mut args: Vec<OsString> = vec!["create".into(), "--bundle".into()];
-        args.push(spec.bundle.clone().into());
+        let mut args = match &spec.checkpoint {
+            None => vec![
+                "create".into(),
+                "--bundle".into(),
+                spec.bundle.clone().into(),
+            ],
+            Some(images) => checkpoint::restore_args(&spec.bundle, images),
+        };
         if let Some(console) = setup.console_socket() {
             args.extend(["--console-socket".into(), console.into()]);
         }
@@ -337,7 +350,10 @@ impl Supervisor {
         ]);
         let (stdin, stdout, stderr) = setup.runtime_stdio();
         self.runc_io(runner, &args, RuncStdin::Stdio(stdin), stdout, stderr)
-            .map_err(RuncFailure::into_task_error)?;
+            .map_err(|failure| match &spec.checkpoint {
+                Some(images) => checkpoint::restore_error(failure, images),
+                None => failure.into_task_error(),
+            })?;
         let created = read_pid(&pid_file)
             .ok_or_else(|| {
                 TaskError::Internal(format!("runc create left no pid in {}", pid_file.display()))
@@ -560,7 +576,7 @@ impl Supervisor {
                 task.view.status
             )));
         }
-        if matches!(task.runner, Runner::Runc { .. }) {
+        if matches!(task.runner, Runner::Runc { .. }) && !task.restored {
             let args = ["start".into(), id.into()];
             self.runc(&task.runner, &args, Stdio::null(), Stdio::null())?;
         }

@@ -5,6 +5,10 @@
 //! container's state: the namespaces it joined by path (the pod's network
 //! namespace) are external to the dump, its stdio pipes are recorded for a
 //! restore.
+//!
+//! Restoring is `Create` with the images' directory ([`restore_args`]):
+//! `runc restore` in place of `runc create`, so the init runs from then on
+//! and `Start` only marks it running.
 
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,6 +21,8 @@ use crate::checkpoint::CheckpointOptions;
 
 /// CRIU's log in the work directory.
 const DUMP_LOG: &str = "dump.log";
+/// CRIU's log of a restore, beside the images.
+const RESTORE_LOG: &str = "restore.log";
 /// How many of CRIU's error lines a failure quotes.
 const QUOTED_ERRORS: usize = 4;
 
@@ -85,6 +91,40 @@ impl Supervisor {
                 criu_errors(&work_path.join(DUMP_LOG))
             )),
         })
+    }
+}
+
+/// `restore` and its flags, up to (without) the options `runc create`
+/// shares with it: the console socket, the pid file and the id. The init
+/// is restored detached (the shim, subreaper, reaps it) and its stdio are
+/// the runtime's, mapped by the runtime onto the ones it had when dumped.
+/// CRIU's log (`restore.log`) goes beside the images.
+pub(super) fn restore_args(bundle: &Path, images: &Path) -> Vec<OsString> {
+    vec![
+        "restore".into(),
+        "--detach".into(),
+        "--bundle".into(),
+        bundle.into(),
+        "--image-path".into(),
+        images.into(),
+        "--work-path".into(),
+        images.parent().unwrap_or(images).into(),
+    ]
+}
+
+/// A failed `runc restore` as a task error, with CRIU's reasons.
+pub(super) fn restore_error(failure: RuncFailure, images: &Path) -> TaskError {
+    match failure {
+        RuncFailure::Spawn(message) => TaskError::Internal(message),
+        RuncFailure::Failed {
+            what,
+            status,
+            message,
+        } => TaskError::Internal(format!(
+            "{what} failed with status {status}: {}{}",
+            message.trim(),
+            criu_errors(&images.parent().unwrap_or(images).join(RESTORE_LOG))
+        )),
     }
 }
 
@@ -190,6 +230,27 @@ mod tests {
             Some("network")
         );
         assert_eq!(all.last().map(String::as_str), Some("c1"));
+    }
+
+    #[test]
+    fn restores_detached_from_the_images_with_the_log_beside_them() {
+        let args: Vec<String> = restore_args(Path::new("/b"), Path::new("/c/restore/checkpoint"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "restore",
+                "--detach",
+                "--bundle",
+                "/b",
+                "--image-path",
+                "/c/restore/checkpoint",
+                "--work-path",
+                "/c/restore"
+            ]
+        );
     }
 
     #[test]
