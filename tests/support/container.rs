@@ -280,26 +280,34 @@ impl TestPod {
     }
 
     /// Asserts that the pod holds exactly the containers `ids` (by
-    /// ListContainers) and that berthd keeps no directory, rootfs mount or
-    /// cgroup for any other: what a refused CreateContainer must leave.
+    /// ListContainers), that berthd keeps no directory or rootfs mount of
+    /// a container it does not list, and that the pod's cgroup parent has
+    /// no cgroup but theirs (and the pause's): what a refused
+    /// CreateContainer must leave.
     pub async fn assert_only_containers(&mut self, ids: &[&str]) {
-        let listed: BTreeSet<String> = self
-            .rt
-            .list_containers(ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    pod_sandbox_id: self.id.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("ListContainers")
-            .into_inner()
-            .containers
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let listed = |pod: Option<&str>| ContainerFilter {
+            pod_sandbox_id: pod.unwrap_or_default().to_string(),
+            ..Default::default()
+        };
+        let mut list = async |filter: ContainerFilter| -> BTreeSet<String> {
+            self.rt
+                .list_containers(ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .expect("ListContainers")
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        let in_pod = list(listed(Some(&self.id))).await;
+        let everywhere = list(listed(None)).await;
         let want: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
-        assert_eq!(listed, want, "containers listed in the pod");
+        assert_eq!(in_pod, want, "containers listed in the pod");
+        // berthd's directories and mounts hold only listed containers
+        // (of any pod).
         for dir in ["root/containers", "run/containers"] {
             let on_disk: BTreeSet<String> = std::fs::read_dir(self.berthd_dir.join(dir))
                 .into_iter()
@@ -307,7 +315,7 @@ impl TestPod {
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
-            let stray: Vec<&String> = on_disk.difference(&want).collect();
+            let stray: Vec<&String> = on_disk.difference(&everywhere).collect();
             assert!(stray.is_empty(), "{dir} holds stray entries {stray:?}");
         }
         let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
@@ -315,7 +323,7 @@ impl TestPod {
         let prefix = prefix.display().to_string();
         for line in mounts.lines().filter(|l| l.contains(&prefix)) {
             assert!(
-                want.iter().any(|id| line.contains(id.as_str())),
+                everywhere.iter().any(|id| line.contains(id.as_str())),
                 "a mount of no listed container is left: {line}"
             );
         }
@@ -336,9 +344,37 @@ impl TestPod {
 
     /// Stops and removes the pod (and its containers) and removes its
     /// cgroup parent.
+    /// Fails when a cgroup of the pod outlives it by more than a moment.
     pub async fn remove(mut self) {
         super::stop_and_remove_pod(&mut self.rt, &self.id).await;
-        super::remove_test_cgroup(&self.cgroup_parent());
+        let parent = self.cgroup_parent();
+        let left = || -> Vec<PathBuf> {
+            std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|h| {
+                    std::fs::read_dir(h.path().join(&parent))
+                        .into_iter()
+                        .flatten()
+                })
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        for _ in 0..200 {
+            if left().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = left();
+        for dir in &left {
+            let _ = std::fs::remove_dir(dir);
+        }
+        super::remove_test_cgroup(&parent);
+        assert!(left.is_empty(), "cgroups outlive the pod: {left:?}");
     }
 }
 
