@@ -24,6 +24,8 @@ use crate::shim_client::TaskExit;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 mod features;
+mod metrics;
+mod pod_resources;
 mod stats;
 mod streaming;
 
@@ -76,9 +78,20 @@ pub enum DaemonError {
     /// The streaming server is not running (yet).
     #[error("the streaming server is not running")]
     StreamingNotReady,
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The streaming server could not start or hand out a URL.
     #[error("streaming server: {0}")]
     Streaming(String),
+    /// UpdatePodSandboxResources carried a figure no cgroup would take.
+    #[error("{field}: {reason}")]
+    InvalidPodResources {
+        /// The request field, e.g. `resources.cpu_quota`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// UpdateRuntimeConfig carried a pod CIDR that is not a CIDR.
     #[error("runtime_config.network_config.pod_cidr {}: {reason}", quoted(cidr))]
     InvalidPodCidr {
@@ -351,6 +364,16 @@ impl Daemon {
         self: Arc<Self>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DaemonError> {
+        // The metrics endpoint first: a taken metrics.address stops berthd
+        // before it touches the socket, and the endpoint answers as soon as
+        // the socket does. Held until serve() returns; dropping it stops it.
+        let _metrics = match self.config.metrics.address.as_str() {
+            "" => None,
+            address => {
+                let inventory = Arc::new(metrics::DaemonInventory(Arc::downgrade(&self)));
+                Some(crate::metrics::MetricsServer::start(address, inventory).await?)
+            }
+        };
         let path = self.config.grpc.address.clone();
         let listener = cri::bind_socket(&path, self.config.grpc.gid)?;
         // Events first, so shims that publish while berthd recovers reach it.

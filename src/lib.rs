@@ -29,6 +29,9 @@ pub mod id;
 pub mod image;
 /// Helpers for checking and quoting what callers send.
 pub mod input;
+/// The Prometheus endpoint: per-RPC latencies and codes, node counts,
+/// pull bytes, berthd's memory.
+pub mod metrics;
 /// Pod networking through CNI plugins.
 pub mod network;
 /// Registry access: references, mirrors, auth, verified downloads.

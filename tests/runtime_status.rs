@@ -1,5 +1,5 @@
-//! Version, Status, RuntimeConfig and UpdateRuntimeConfig against a real
-//! berthd, and the answers of RPCs that are not built yet.
+//! Version, Status, RuntimeConfig, UpdateRuntimeConfig and
+//! UpdatePodSandboxResources' checks against a real berthd.
 
 mod support;
 
@@ -170,17 +170,41 @@ async fn update_runtime_config_checks_the_pod_cidr() {
 }
 
 #[tokio::test]
-async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
+async fn update_pod_sandbox_resources_checks_its_request() {
     let berthd = Berthd::start().await;
-    let err = berthd
-        .runtime()
+    let mut rt = berthd.runtime().await;
+    let request = |id: &str, cpu_quota: i64| UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: id.into(),
+        overhead: None,
+        resources: Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+    };
+    let err = rt
+        .update_pod_sandbox_resources(request("0123456789ab", 50_000))
         .await
-        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .expect_err("no such pod");
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    let err = rt
+        .update_pod_sandbox_resources(request("0123456789ab", -7))
         .await
-        .expect_err("not built yet");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("negative quota");
+    assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
-        err.message().contains("ListMetricDescriptors"),
+        err.message().contains("resources.cpu_quota"),
+        "{}",
+        err.message()
+    );
+    let err = rt
+        .update_pod_sandbox_resources(request("", 50_000))
+        .await
+        .expect_err("no id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("pod_sandbox_id"),
         "{}",
         err.message()
     );

@@ -25,6 +25,11 @@ const MIRRORS_EXAMPLE: &str = "\
 # endpoints = [\"http://localhost:5000\"]
 ";
 
+const METRICS_EXAMPLE: &str = "\
+[metrics]
+# Prometheus endpoint (GET /metrics), off while empty; e.g. \"127.0.0.1:9387\".
+";
+
 const HOSTS_EXAMPLE: &str = "\
 [registry.hosts]
 # Per-registry settings:
@@ -96,6 +101,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// The exec/attach/port-forward streaming server.
     pub streaming: StreamingConfig,
+    /// The Prometheus metrics endpoint (off by default).
+    pub metrics: MetricsConfig,
     /// Pod networking through CNI plugins.
     pub cni: CniConfig,
     /// Image registries: mirrors and per-registry settings.
@@ -153,6 +160,16 @@ pub struct StreamingConfig {
     /// A streaming connection with no traffic for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+}
+
+/// The Prometheus metrics endpoint: `GET /metrics` in the text
+/// exposition format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address (IP:PORT, e.g. `127.0.0.1:9387`); empty turns the
+    /// endpoint off.
+    pub address: String,
 }
 
 /// Pod networking through CNI plugins.
@@ -246,6 +263,7 @@ impl Default for Config {
             default_runtime: "runc".into(),
             grpc: GrpcConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             runtimes: [("runc", handler("runc")), ("crun", handler("crun"))]
@@ -337,7 +355,8 @@ impl Config {
         // The empty registry tables get commented examples.
         let body = body
             .replacen("[registry.mirrors]\n", MIRRORS_EXAMPLE, 1)
-            .replacen("[registry.hosts]\n", HOSTS_EXAMPLE, 1);
+            .replacen("[registry.hosts]\n", HOSTS_EXAMPLE, 1)
+            .replacen("[metrics]\n", METRICS_EXAMPLE, 1);
         format!(
             "# berthd configuration (berthd config default).\n\
              # Every key is optional: a key left out keeps the value shown here.\n\
@@ -384,6 +403,7 @@ impl Config {
                 format!("{:?} is not IP:PORT: {e}", self.streaming.address),
             )
         })?;
+        metrics_address(&self.metrics.address)?;
         if self.streaming.url_lifetime.is_zero() {
             return Err(invalid("streaming.url_lifetime", "must be longer than 0s"));
         }
@@ -488,6 +508,28 @@ fn absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
             format!("{} is not an absolute path", path.display()),
         ))
     }
+}
+
+/// `metrics.address`: empty (off) or IP:PORT with a port a scraper can
+/// be told (not 0).
+fn metrics_address(address: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "metrics.address";
+    if address.is_empty() {
+        return Ok(());
+    }
+    let parsed: SocketAddr = address.parse().map_err(|e| {
+        invalid(
+            KEY,
+            format!("{address:?} is not IP:PORT (e.g. \"127.0.0.1:9387\"): {e}"),
+        )
+    })?;
+    if parsed.port() == 0 {
+        return Err(invalid(
+            KEY,
+            format!("{address:?}: port 0 would pick a port no scraper knows"),
+        ));
+    }
+    Ok(())
 }
 
 /// A registry key is `host` or `host:port`, as image references name it.

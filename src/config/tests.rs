@@ -32,6 +32,7 @@ fn default_file_round_trips_and_is_complete() {
         "max_recv_message_size =",
         "[streaming]",
         "url_lifetime =",
+        "[metrics]",
         "[cni]",
         "bin_dirs =",
         "[registry]",
@@ -123,6 +124,17 @@ fn bad_values_are_named() {
             "`runtimes.\"Bad_Name\"`",
         ),
         ("[cni]\nbin_dirs = []", "`cni.bin_dirs`"),
+        (
+            "[metrics]\naddress = \"localhost:9387\"",
+            "`metrics.address`",
+        ),
+        ("[metrics]\naddress = \"127.0.0.1\"", "`metrics.address`"),
+        ("[metrics]\naddress = \"127.0.0.1:0\"", "`metrics.address`"),
+        (
+            "[metrics]\naddress = \"127.0.0.1:99999\"",
+            "`metrics.address`",
+        ),
+        ("[metrics]\nport = 9387", "port"),
     ];
     for (text, needle) in cases {
         let msg = err(text);
@@ -157,4 +169,20 @@ fn missing_explicit_file_is_an_error() {
         .expect_err("missing file")
         .to_string();
     assert!(msg.contains("/nonexistent/berth.toml"), "{msg}");
+}
+
+#[test]
+fn metrics_endpoint_is_off_unless_given_an_address() {
+    assert_eq!(Config::default().metrics.address, "");
+    let text = Config::default_toml();
+    assert!(
+        text.contains("[metrics]\n# Prometheus endpoint"),
+        "the default file explains the key:\n{text}"
+    );
+    for address in ["127.0.0.1:9387", "0.0.0.0:9387", "[::1]:9387"] {
+        let config = parse(&format!("[metrics]\naddress = \"{address}\"\n")).expect(address);
+        assert_eq!(config.metrics.address, address);
+    }
+    let msg = err("[metrics]\naddress = \"127.0.0.1:0\"");
+    assert!(msg.contains("port 0"), "{msg}");
 }

@@ -1,11 +1,13 @@
 //! The CRI gRPC façade: unpacks each request, calls the domain, packs the
 //! reply. It holds no logic of its own.
 //!
-//! Every RPC goes through [`traced`] (span, failure log, latency), and domain
-//! errors become `tonic::Status` codes in exactly one place, [`status`].
+//! Every RPC goes through [`traced`] (span, failure log, latency and code
+//! metrics), and domain errors become `tonic::Status` codes in exactly one
+//! place, [`status`].
 
 mod container;
 mod image_service;
+mod pod_metrics;
 mod runtime_service;
 mod sandbox;
 mod socket;
@@ -70,7 +72,7 @@ pub fn services(
 }
 
 /// Runs one RPC inside a span named after it, logs its outcome and latency,
-/// and wraps the reply.
+/// records both in [`crate::metrics::CRI`], and wraps the reply.
 async fn traced<T>(
     rpc: &'static str,
     body: impl Future<Output = Result<T, Status>>,
@@ -79,7 +81,12 @@ async fn traced<T>(
     async move {
         let start = Instant::now();
         let result = body.await;
-        let micros = start.elapsed().as_micros() as u64;
+        let elapsed = start.elapsed();
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        crate::metrics::CRI.record(rpc, code, elapsed);
+        let micros = elapsed.as_micros() as u64;
         match &result {
             Ok(_) => tracing::debug!(micros, "ok"),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
@@ -116,9 +123,4 @@ fn batches<T: Send + 'static, M: Send + 'static>(
         }
     }
     Box::pin(tokio_stream::iter(messages))
-}
-
-/// The answer of an RPC berth does not implement yet.
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }

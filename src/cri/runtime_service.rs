@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::{
     IntoStatus, KUBE_RUNTIME_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, ReplyStream,
-    RuntimeApi, traced, unimplemented,
+    RuntimeApi, traced,
 };
-use super::{container, sandbox, stats};
+use super::{container, pod_metrics, sandbox, stats};
 use crate::config;
 use crate::sandbox::SandboxSpec;
 
@@ -620,7 +620,9 @@ impl RuntimeService for RuntimeApi {
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         traced("ListMetricDescriptors", async {
-            Err(unimplemented("ListMetricDescriptors"))
+            Ok(ListMetricDescriptorsResponse {
+                descriptors: pod_metrics::descriptors(),
+            })
         })
         .await
     }
@@ -630,7 +632,14 @@ impl RuntimeService for RuntimeApi {
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         traced("ListPodSandboxMetrics", async {
-            Err(unimplemented("ListPodSandboxMetrics"))
+            let samples = self
+                .daemon
+                .list_pod_sandbox_stats(&stats::pod_filter(None))
+                .await;
+            let now = std::time::SystemTime::now();
+            Ok(ListPodSandboxMetricsResponse {
+                pod_metrics: samples.iter().map(|s| pod_metrics::pod(s, now)).collect(),
+            })
         })
         .await
     }
@@ -642,17 +651,35 @@ impl RuntimeService for RuntimeApi {
         _: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
         traced("StreamPodSandboxMetrics", async {
-            Err(unimplemented("StreamPodSandboxMetrics"))
+            let samples = self
+                .daemon
+                .list_pod_sandbox_stats(&stats::pod_filter(None))
+                .await;
+            let now = std::time::SystemTime::now();
+            let items: Vec<_> = samples.iter().map(|s| pod_metrics::pod(s, now)).collect();
+            Ok(super::batches(items, |pod_sandbox_metrics| {
+                StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics,
+                }
+            }))
         })
         .await
     }
 
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<UpdatePodSandboxResourcesRequest>,
+        request: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        let r = request.into_inner();
         traced("UpdatePodSandboxResources", async {
-            Err(unimplemented("UpdatePodSandboxResources"))
+            self.daemon
+                .update_pod_sandbox_resources(
+                    &r.pod_sandbox_id,
+                    r.overhead.as_ref(),
+                    r.resources.as_ref(),
+                )
+                .map_err(IntoStatus::into_status)?;
+            Ok(UpdatePodSandboxResourcesResponse {})
         })
         .await
     }

@@ -159,9 +159,9 @@ impl IntoStatus for DaemonError {
     fn into_status(self) -> Status {
         let message = self.to_string();
         match self {
-            DaemonError::InvalidPodCidr { .. } | DaemonError::InvalidStreamRequest { .. } => {
-                Status::invalid_argument(message)
-            }
+            DaemonError::InvalidPodCidr { .. }
+            | DaemonError::InvalidStreamRequest { .. }
+            | DaemonError::InvalidPodResources { .. } => Status::invalid_argument(message),
             DaemonError::StreamingNotReady => Status::unavailable(message),
             DaemonError::Streaming(_) => Status::internal(message),
             DaemonError::Store(e) => e.into_status(),
@@ -169,6 +169,7 @@ impl IntoStatus for DaemonError {
             DaemonError::Sandbox(e) => e.into_status(),
             DaemonError::Container(e) => e.into_status(),
             DaemonError::Socket(_)
+            | DaemonError::Metrics(_)
             | DaemonError::Dir { .. }
             | DaemonError::Serve(_)
             | DaemonError::Events(_) => Status::internal(message),

@@ -84,6 +84,7 @@ impl Images {
         }
         let layers_fetched = fetches.len();
         let bytes_fetched: u64 = try_join_all(fetches).await?.into_iter().sum();
+        crate::metrics::add_pulled_bytes(bytes_fetched);
 
         let mut repo_tags = Vec::new();
         if let (Some(tag), None) = (reference.tag(), reference.digest()) {
