@@ -242,7 +242,8 @@ fn nanos(at: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// checkpointctl's `ContainerConfig`.
+/// checkpointctl's `ContainerConfig` (without `runtime`: the record does
+/// not know the pod's handler, and the field is optional).
 fn config_dump(record: &ContainerRecord, checkpointed_at: SystemTime) -> serde_json::Value {
     serde_json::json!({
         "id": record.id,
@@ -250,7 +251,6 @@ fn config_dump(record: &ContainerRecord, checkpointed_at: SystemTime) -> serde_j
         "rootfsImage": record.image,
         "rootfsImageRef": record.image_ref,
         "rootfsImageName": record.image,
-        "runtime": "runc",
         "createdTime": rfc3339(record.created_at),
         "checkpointedTime": rfc3339(nanos(checkpointed_at)),
         "restoredTime": "0001-01-01T00:00:00Z",
