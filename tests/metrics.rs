@@ -6,10 +6,13 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use berth_cri_proto::v1::*;
 use support::berthd::Berthd;
+use support::container::{TestPod, pod_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -143,4 +146,198 @@ async fn a_taken_metrics_address_stops_berthd_naming_the_key() {
         log.contains("metrics.address") && log.contains(&address.to_string()),
         "the error names the key and the address:\n{log}"
     );
+}
+
+/// A registry serving busybox, and a berthd with a pod network and the
+/// metrics endpoint on `address` that has pulled the image.
+async fn berthd_with_metrics(address: SocketAddr) -> (support::registry::Registry, String, Berthd) {
+    let registry = support::registry::Registry::start().expect("registry");
+    let image = support::image::ImageBuilder::busybox("berth/metrics")
+        .tag("v1")
+        .push(&registry)
+        .await
+        .expect("push")
+        .reference()
+        .to_string();
+    let berthd = Berthd::start_with_network(&metrics_config(address)).await;
+    berthd.pull(&image).await;
+    (registry, image, berthd)
+}
+
+/// The one metric `name` of `metrics`, and its value.
+fn metric<'a>(metrics: &'a [Metric], name: &str) -> (&'a Metric, u64) {
+    let m = metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no {name} in {metrics:#?}"));
+    (m, m.value.as_ref().map_or(0, |v| v.value))
+}
+
+#[tokio::test]
+async fn gauges_and_pod_metrics_follow_a_running_container() {
+    if !support::root_tests("gauges_and_pod_metrics_follow_a_running_container") {
+        return;
+    }
+    let address = free_address();
+    let (_registry, image, berthd) = berthd_with_metrics(address).await;
+    let text = scrape(address).await;
+    assert!(
+        sample(&text, "berth_image_pull_bytes_total") > 1000.0,
+        "the pull downloaded busybox:\n{text}"
+    );
+    assert_eq!(sample(&text, "berth_images"), 1.0, "{text}");
+
+    let mut pod = TestPod::run(&berthd, &image, pod_config("metrics", "metrics")).await;
+    let mut config = pod.container(
+        "worker",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=16 2>/dev/null; touch /ready; sleep 3600",
+        ],
+    );
+    let limit = 256i64 << 20;
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let worker = pod.start(config).await;
+    let mut filled = false;
+    for _ in 0..200 {
+        if pod.exec(&worker, &["test", "-e", "/ready"]).await.exit_code == 0 {
+            filled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(filled, "the worker filled its /dev/shm");
+
+    // The endpoint's gauges.
+    let text = scrape(address).await;
+    assert_eq!(sample(&text, "berth_pods{state=\"ready\"}"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "berth_containers{state=\"running\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "berth_shims_running"),
+        2.0,
+        "the pod's shim and the container's:\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_cri_requests_total{method=\"RunPodSandbox\",code=\"OK\"}"
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_cri_requests_total{method=\"StartContainer\",code=\"OK\"}"
+        ) >= 1.0
+    );
+
+    // The CRI's metric RPCs.
+    let mut rt = berthd.runtime().await;
+    let descriptors = rt
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .await
+        .expect("ListMetricDescriptors")
+        .into_inner()
+        .descriptors;
+    let keys: HashMap<&str, usize> = descriptors
+        .iter()
+        .map(|d| (d.name.as_str(), d.label_keys.len()))
+        .collect();
+    let pods = rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest::default())
+        .await
+        .expect("ListPodSandboxMetrics")
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(pods.len(), 1, "{pods:#?}");
+    let p = &pods[0];
+    assert_eq!(p.pod_sandbox_id, pod.id);
+    let (rx, _) = metric(&p.metrics, "container_network_receive_bytes_total");
+    assert_eq!(
+        rx.label_values,
+        ["metrics", "berth-test", "", pod.id.as_str(), "", "eth0"],
+        "pod-level labels: no container, no image, the pod's id, the interface"
+    );
+    assert_eq!(p.container_metrics.len(), 1, "{p:#?}");
+    let c = &p.container_metrics[0];
+    assert_eq!(c.container_id, worker);
+    for m in p.metrics.iter().chain(&c.metrics) {
+        let described = keys
+            .get(m.name.as_str())
+            .unwrap_or_else(|| panic!("{} is not described", m.name));
+        assert_eq!(*described, m.label_values.len(), "{m:?}");
+        assert!(m.timestamp > 0, "{m:?}");
+    }
+    let (usage, bytes) = metric(&c.metrics, "container_memory_usage_bytes");
+    assert!(bytes >= 16 << 20, "the worker's /dev/shm counts: {bytes}");
+    assert_eq!(
+        usage.label_values,
+        [
+            "metrics",
+            "berth-test",
+            "worker",
+            worker.as_str(),
+            image.as_str()
+        ]
+    );
+    let (_, spec_limit) = metric(&c.metrics, "container_spec_memory_limit_bytes");
+    assert_eq!(spec_limit, limit as u64);
+    let (_, processes) = metric(&c.metrics, "container_processes");
+    assert!(processes >= 1, "{processes}");
+    let (_, started) = metric(&c.metrics, "container_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(started > 0 && started <= now, "{started}");
+    let (working_set, _) = metric(&c.metrics, "container_memory_working_set_bytes");
+    assert_eq!(working_set.metric_type, MetricType::Gauge as i32);
+    let (cpu, _) = metric(&c.metrics, "container_cpu_usage_seconds_total");
+    assert_eq!(cpu.metric_type, MetricType::Counter as i32);
+
+    let mut stream = rt
+        .stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest::default())
+        .await
+        .expect("StreamPodSandboxMetrics")
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(message) = stream.message().await.expect("stream message") {
+        streamed.extend(message.pod_sandbox_metrics);
+    }
+    assert_eq!(
+        streamed
+            .iter()
+            .map(|p| p.pod_sandbox_id.as_str())
+            .collect::<Vec<_>>(),
+        [pod.id.as_str()]
+    );
+
+    // A resize of the running pod is accepted.
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.id.clone(),
+        overhead: None,
+        resources: Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 200_000,
+            memory_limit_in_bytes: 512 << 20,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("UpdatePodSandboxResources");
+
+    pod.remove().await;
+    let text = scrape(address).await;
+    assert_eq!(sample(&text, "berth_pods{state=\"ready\"}"), 0.0, "{text}");
+    assert_eq!(sample(&text, "berth_shims_running"), 0.0, "{text}");
 }
