@@ -51,6 +51,8 @@ pub mod store;
 /// The streaming server: exec, attach and port-forward over SPDY/3.1 and
 /// WebSocket.
 pub mod streaming;
+/// The only unsafe code: mount system calls without a safe wrapper.
+pub mod sys;
 
 /// berthd's version, reported as the CRI `runtime_version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use berth_cri_proto::v1 as cri;
 
 use super::record::{ContainerRecord, ContainerState, MountRecord, UserRecord};
-use super::rootfs::{RootfsError, mount_rootfs, unmount_rootfs};
+use super::rootfs::{RootfsError, RootfsIdmap, mount_rootfs, unmount_rootfs};
 use super::spec::{SpecError, SpecInput, build};
 use crate::config::Config;
 use crate::image::ImageRecord;
@@ -313,7 +313,13 @@ impl Containers {
                 .map_err(io_error("create directory", dir))?;
         }
         let lowerdirs = snapshots.lowerdirs(&image.chain_ids)?;
-        let rootfs = mount_rootfs(&record.dir, &lowerdirs)?;
+        let userns = sandbox.ns_path("user");
+        let idmap = sandbox.user_namespace.map(|u| RootfsIdmap {
+            userns: &userns,
+            root_uid: u.uid.host_id,
+            root_gid: u.gid.host_id,
+        });
+        let rootfs = mount_rootfs(&record.dir, &lowerdirs, idmap)?;
         let spec = build(&SpecInput {
             id: &record.id,
             config,

@@ -3,15 +3,22 @@
 //! `/dev/shm`, the termination-message file, and the kubelet's bind mounts
 //! with their propagation; ordered so a parent is mounted before what is
 //! mounted inside it.
+//!
+//! In a pod with a user namespace of its own the bind mounts of files and
+//! directories (the kubelet's, the pod's files, the termination-message
+//! file) are idmapped with the pod's mappings, as containerd does: a file
+//! the host's root owns is the container root's own. The OCI runtime makes
+//! them with `mount_setattr(MOUNT_ATTR_IDMAP)` (runc >= 1.2), so their
+//! filesystem must support idmapped mounts (ext4, xfs, btrfs, tmpfs, ...).
 
 use std::path::{Component, Path, PathBuf};
 
 use berth_cri_proto::v1 as cri;
-use oci_spec::runtime::{Mount, MountBuilder};
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount, MountBuilder};
 
 use super::spec::{SpecError, SpecInput, invalid, io};
 use crate::input::quoted;
-use crate::sandbox::NamespaceMode;
+use crate::sandbox::{IdMapping, NamespaceMode, UserNamespace};
 
 /// The annotation the kubelet sets to the container's
 /// `terminationMessagePath`.
@@ -41,8 +48,9 @@ pub fn build(input: &SpecInput<'_>, privileged: bool) -> Result<Mounts, SpecErro
     let mut rootfs_propagation: Option<&str> = None;
     let mut cri_mounts = Vec::new();
     let mut destinations = Vec::new();
+    let userns = input.sandbox.user_namespace.as_ref();
     for (i, m) in config.mounts.iter().enumerate() {
-        let mount = cri_mount(i, m, &mut rootfs_propagation)?;
+        let mount = cri_mount(i, m, &mut rootfs_propagation, userns)?;
         if destinations.contains(mount.destination()) {
             return Err(invalid(
                 format!("config.mounts[{i}].container_path"),
@@ -64,7 +72,9 @@ pub fn build(input: &SpecInput<'_>, privileged: bool) -> Result<Mounts, SpecErro
     ] {
         let source = sandbox.dir.join(file);
         if !taken(Path::new(dest)) && source.exists() {
-            extra.push(bind(dest, source, &["rbind", "rprivate", files_mode])?);
+            let mut mount = bind(dest, source, &["rbind", "rprivate", files_mode])?;
+            idmap(&mut mount, userns)?;
+            extra.push(mount);
         }
     }
     if !taken(Path::new("/dev/shm")) {
@@ -91,7 +101,9 @@ pub fn build(input: &SpecInput<'_>, privileged: bool) -> Result<Mounts, SpecErro
                 .append(true)
                 .open(&source)
                 .map_err(io("create", &source))?;
-            extra.push(bind(dest, source, &["rbind", "rprivate", "rw"])?);
+            let mut mount = bind(dest, source, &["rbind", "rprivate", "rw"])?;
+            idmap(&mut mount, userns)?;
+            extra.push(mount);
         }
     }
 
@@ -118,6 +130,7 @@ fn cri_mount(
     i: usize,
     m: &cri::Mount,
     rootfs_propagation: &mut Option<&'static str>,
+    userns: Option<&UserNamespace>,
 ) -> Result<Mount, SpecError> {
     let field = |name: &str| format!("config.mounts[{i}].{name}");
     let dest = clean(&m.container_path)
@@ -134,12 +147,28 @@ fn cri_mount(
     if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
         return Err(invalid(field("image"), "image volumes are not supported"));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(invalid(
-            field("uidMappings"),
-            "ID-mapped mounts need a user namespace, which berth does not create",
-        ));
-    }
+    // The kubelet's own mappings for this mount, else the pod's.
+    let mappings = match (
+        userns,
+        m.uid_mappings.is_empty() && m.gid_mappings.is_empty(),
+    ) {
+        (None, true) => None,
+        (None, false) => {
+            return Err(invalid(
+                field("uid_mappings"),
+                "ID-mapped mounts need a user namespace of the pod \
+                 (userns_options.mode POD), and this pod has none",
+            ));
+        }
+        (Some(userns), true) => Some((
+            vec![oci_mapping(&userns.uid)?],
+            vec![oci_mapping(&userns.gid)?],
+        )),
+        (Some(_), false) => Some((
+            mount_mappings(&field("uid_mappings"), &m.uid_mappings)?,
+            mount_mappings(&field("gid_mappings"), &m.gid_mappings)?,
+        )),
+    };
     let host = Path::new(&m.host_path);
     if !host.is_absolute() {
         return Err(invalid(
@@ -189,7 +218,53 @@ fn cri_mount(
         }
         options.push("rro");
     }
-    bind(dest, source, &options)
+    let mut mount = bind(dest, source, &options)?;
+    if let Some((uids, gids)) = mappings {
+        mount.set_uid_mappings(Some(uids));
+        mount.set_gid_mappings(Some(gids));
+    }
+    Ok(mount)
+}
+
+/// Idmaps a bind mount with the pod's mappings, when it has a user
+/// namespace.
+fn idmap(mount: &mut Mount, userns: Option<&UserNamespace>) -> Result<(), SpecError> {
+    if let Some(userns) = userns {
+        mount.set_uid_mappings(Some(vec![oci_mapping(&userns.uid)?]));
+        mount.set_gid_mappings(Some(vec![oci_mapping(&userns.gid)?]));
+    }
+    Ok(())
+}
+
+fn oci_mapping(m: &IdMapping) -> Result<LinuxIdMapping, SpecError> {
+    Ok(LinuxIdMappingBuilder::default()
+        .container_id(m.container_id)
+        .host_id(m.host_id)
+        .size(m.length)
+        .build()?)
+}
+
+/// A mount's own mappings from the CRI (both lists must be given).
+fn mount_mappings(field: &str, list: &[cri::IdMapping]) -> Result<Vec<LinuxIdMapping>, SpecError> {
+    if list.is_empty() {
+        return Err(invalid(
+            field,
+            "is empty while the other list of ID mappings is not: an idmapped mount needs both",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(j, m)| {
+            if m.length == 0 {
+                return Err(invalid(format!("{field}[{j}].length"), "is 0"));
+            }
+            oci_mapping(&IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+        })
+        .collect()
 }
 
 /// `path` without `.`, `//` and a trailing `/`; `None` with `..`.
@@ -518,5 +593,93 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// `(container_id, host_id, size)` of each mapping.
+    type Ranges = Vec<(u32, u32, u32)>;
+
+    fn mapping(m: &Mount) -> Option<(Ranges, Ranges)> {
+        let list = |l: &Option<Vec<LinuxIdMapping>>| {
+            l.as_ref().map(|l| {
+                l.iter()
+                    .map(|m| (m.container_id(), m.host_id(), m.size()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        Some((list(m.uid_mappings())?, list(m.gid_mappings())?))
+    }
+
+    #[test]
+    fn bind_mounts_are_idmapped_in_a_pod_user_namespace() {
+        let mut world = World::new();
+        let (uid, gid) = (
+            IdMapping {
+                container_id: 0,
+                host_id: 100000,
+                length: 65536,
+            },
+            IdMapping {
+                container_id: 0,
+                host_id: 200000,
+                length: 1000,
+            },
+        );
+        world.sandbox.user_namespace = Some(UserNamespace { uid, gid });
+        std::fs::write(world.sandbox.dir.join("hosts"), "x\n").expect("write");
+        let base = tempfile::tempdir().expect("tempdir");
+        let mut c = config();
+        c.annotations.insert(
+            TERMINATION_MESSAGE_PATH.into(),
+            "/dev/termination-log".into(),
+        );
+        let mut own = host_mount(&base.path().join("own"), "/own");
+        own.uid_mappings = vec![cri::IdMapping {
+            container_id: 0,
+            host_id: 5000,
+            length: 10,
+        }];
+        own.gid_mappings = own.uid_mappings.clone();
+        c.mounts = vec![host_mount(&base.path().join("data"), "/data"), own];
+        let all = mounts(&world, &c);
+        let pods = Some((vec![(0, 100000, 65536)], vec![(0, 200000, 1000)]));
+        for dest in ["/data", "/etc/hosts", "/dev/termination-log"] {
+            let m = find(&all, dest).unwrap_or_else(|| panic!("{dest}"));
+            assert_eq!(mapping(m), pods, "{dest}");
+        }
+        let own = find(&all, "/own").expect("/own");
+        assert_eq!(
+            mapping(own),
+            Some((vec![(0, 5000, 10)], vec![(0, 5000, 10)])),
+            "the kubelet's own mappings win"
+        );
+        for dest in ["/proc", "/sys", "/dev/shm"] {
+            let m = find(&all, dest).unwrap_or_else(|| panic!("{dest}"));
+            assert_eq!(mapping(m), None, "{dest}");
+        }
+
+        // Half a mapping is refused, naming the empty list.
+        let mut half = host_mount(&base.path().join("half"), "/half");
+        half.uid_mappings = vec![cri::IdMapping {
+            container_id: 0,
+            host_id: 5000,
+            length: 10,
+        }];
+        c.mounts = vec![half.clone()];
+        let e = world.build(&c).expect_err("half").to_string();
+        assert!(
+            e.starts_with("config.mounts[0].gid_mappings: is empty"),
+            "{e}"
+        );
+
+        // Without a user namespace, no mount is idmapped and the kubelet's
+        // mappings are refused.
+        world.sandbox.user_namespace = None;
+        c.mounts = vec![host_mount(&base.path().join("data"), "/data")];
+        let all = mounts(&world, &c);
+        assert!(all.iter().all(|m| mapping(m).is_none()));
+        half.gid_mappings = half.uid_mappings.clone();
+        c.mounts = vec![half];
+        let e = world.build(&c).expect_err("no userns").to_string();
+        assert!(e.starts_with("config.mounts[0].uid_mappings: "), "{e}");
     }
 }

@@ -7,6 +7,15 @@
 //! <dir>/work     overlay's work dir
 //! <dir>/rootfs   the mount point given to the OCI runtime
 //! ```
+//!
+//! In a pod with a user namespace of its own the container's root must own
+//! its rootfs, as it would on the node. The layers are shared and owned by
+//! the host's root, so, as containerd 2 does on kernels >= 5.19, each lower
+//! dir enters the overlay through an idmapped mount made with the pod's
+//! user namespace (`<dir>/idmapped/<n>`, detached again once the overlay
+//! holds it): the image's uid 0 shows as the host id the pod maps its root
+//! to. The upper dir's root is chowned to that id; what the container
+//! writes is stored with its host ids. No layer is copied or chowned.
 
 use std::path::{Path, PathBuf};
 
@@ -79,16 +88,86 @@ fn options(lowerdirs: &[PathBuf], upper: &Path, work: &Path) -> Result<String, R
     Ok(options)
 }
 
+/// The user namespace a pod's containers run in: their rootfs is idmapped
+/// with its mappings.
+#[derive(Debug, Clone, Copy)]
+pub struct RootfsIdmap<'a> {
+    /// The pod's user namespace (its pin, `<sandbox state>/ns/user`).
+    pub userns: &'a Path,
+    /// The host uid the namespace maps uid 0 to.
+    pub root_uid: u32,
+    /// The host gid the namespace maps gid 0 to.
+    pub root_gid: u32,
+}
+
+/// Idmapped mounts of the lower dirs under `<dir>/idmapped`, unmounted
+/// and removed when dropped: the overlay keeps its own reference to each.
+struct IdmappedLayers {
+    base: PathBuf,
+    mounted: Vec<PathBuf>,
+}
+
+impl IdmappedLayers {
+    fn mount(dir: &Path, lowerdirs: &[PathBuf], userns: &Path) -> Result<Self, RootfsError> {
+        let userns_file = std::fs::File::open(userns).map_err(io("open user namespace", userns))?;
+        let mut layers = Self {
+            base: dir.join("idmapped"),
+            mounted: Vec::new(),
+        };
+        std::fs::create_dir_all(&layers.base).map_err(io("create directory", &layers.base))?;
+        for (n, lower) in lowerdirs.iter().enumerate() {
+            let target = layers.base.join(n.to_string());
+            std::fs::create_dir_all(&target).map_err(io("create directory", &target))?;
+            let tree = crate::sys::idmapped_tree(lower, &userns_file)
+                .map_err(io("make an idmapped mount of", lower))?;
+            crate::sys::attach(&tree, &target).map_err(io("attach idmapped layer on", &target))?;
+            layers.mounted.push(target);
+        }
+        Ok(layers)
+    }
+}
+
+impl Drop for IdmappedLayers {
+    fn drop(&mut self) {
+        for target in &self.mounted {
+            if let Err(e) = umount2(target, MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %target.display(), error = %e, "idmapped layer not unmounted");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.base) {
+            tracing::warn!(path = %self.base.display(), error = %e, "idmapped layer dirs not removed");
+        }
+    }
+}
+
 /// Creates the writable layer and mounts the overlay; returns the mount
-/// point. `lowerdirs` are the image's snapshot dirs, top layer first.
-pub fn mount_rootfs(dir: &Path, lowerdirs: &[PathBuf]) -> Result<PathBuf, RootfsError> {
+/// point. `lowerdirs` are the image's snapshot dirs, top layer first;
+/// `idmap`, for a pod with its own user namespace, makes the container's
+/// root own the rootfs.
+pub fn mount_rootfs(
+    dir: &Path,
+    lowerdirs: &[PathBuf],
+    idmap: Option<RootfsIdmap<'_>>,
+) -> Result<PathBuf, RootfsError> {
     let upper = upper_dir(dir);
     let work = dir.join("work");
     let target = mountpoint(dir);
-    let options = options(lowerdirs, &upper, &work)?;
+    // Checked before anything is mounted: the idmapped layers' paths are
+    // no longer than the snapshots' (`<dir>/idmapped/<n>`).
+    options(lowerdirs, &upper, &work)?;
     for d in [&upper, &work, &target] {
         std::fs::create_dir_all(d).map_err(io("create directory", d))?;
     }
+    let layers = match idmap {
+        None => None,
+        Some(idmap) => {
+            std::os::unix::fs::chown(&upper, Some(idmap.root_uid), Some(idmap.root_gid))
+                .map_err(io("chown to the pod's root", &upper))?;
+            Some(IdmappedLayers::mount(dir, lowerdirs, idmap.userns)?)
+        }
+    };
+    let lower = layers.as_ref().map_or(lowerdirs, |l| &l.mounted);
+    let options = options(lower, &upper, &work)?;
     mount(
         Some("overlay"),
         &target,
@@ -97,6 +176,7 @@ pub fn mount_rootfs(dir: &Path, lowerdirs: &[PathBuf]) -> Result<PathBuf, Rootfs
         Some(options.as_str()),
     )
     .map_err(|e| io("mount overlay on", &target)(e.into()))?;
+    drop(layers);
     Ok(target)
 }
 

@@ -260,6 +260,7 @@ pub(super) mod tests {
                 pid: NamespaceMode::Pod,
                 ipc: NamespaceMode::Pod,
             },
+            user_namespace: None,
             cgroup_parent: "/kubepods/besteffort/poduid-1".into(),
             sysctls: BTreeMap::new(),
             privileged: false,

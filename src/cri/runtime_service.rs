@@ -68,7 +68,7 @@ impl RuntimeService for RuntimeApi {
                 .map(|name| RuntimeHandler {
                     features: Some(RuntimeHandlerFeatures {
                         recursive_read_only_mounts: self.daemon.recursive_read_only_mounts(&name),
-                        user_namespaces: false,
+                        user_namespaces: self.daemon.user_namespaces(&name),
                     }),
                     name,
                 })

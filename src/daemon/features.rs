@@ -16,6 +16,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HandlerFeatures {
     /// The runtime knows the `rro` mount option (recursive read-only).
     pub recursive_read_only_mounts: bool,
+    /// The runtime supports idmapped mounts
+    /// (`linux.mountExtensions.idmap.enabled`), which a pod with a user
+    /// namespace of its own needs.
+    pub user_namespaces: bool,
 }
 
 /// Reads a `features` document.
@@ -27,6 +31,7 @@ fn parse(json: &[u8]) -> HandlerFeatures {
         .is_some_and(|o| o.iter().any(|v| v.as_str() == Some("rro")));
     HandlerFeatures {
         recursive_read_only_mounts: rro,
+        user_namespaces: crate::sandbox::idmap_mounts_supported(&doc),
     }
 }
 
@@ -54,6 +59,22 @@ pub async fn probe_all(config: &Config) -> HashMap<String, HandlerFeatures> {
     out
 }
 
+impl super::Daemon {
+    /// Whether runtime handler `name` ("" = the default) can run pods with
+    /// a user namespace of their own (its runtime has idmapped mounts).
+    pub fn user_namespaces(&self, name: &str) -> bool {
+        let name = if name.is_empty() {
+            self.config.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.features
+            .get()
+            .and_then(|f| f.get(name))
+            .is_some_and(|f| f.user_namespaces)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +86,17 @@ mod tests {
         let without = br#"{"mountOptions":["ro","rbind"]}"#;
         assert!(!parse(without).recursive_read_only_mounts);
         assert_eq!(parse(b"not json"), HandlerFeatures::default());
+    }
+
+    #[test]
+    fn user_namespaces_need_idmapped_mounts() {
+        let runc_1_5 = br#"{"mountOptions":["rro"],"linux":{"namespaces":["user"],
+            "mountExtensions":{"idmap":{"enabled":true}}}}"#;
+        assert!(parse(runc_1_5).user_namespaces);
+        // runc 1.1 has no mountExtensions at all.
+        let runc_1_1 = br#"{"linux":{"namespaces":["user"]}}"#;
+        assert!(!parse(runc_1_1).user_namespaces);
+        let disabled = br#"{"linux":{"mountExtensions":{"idmap":{"enabled":false}}}}"#;
+        assert!(!parse(disabled).user_namespaces);
     }
 }

@@ -15,16 +15,18 @@ mod run;
 mod spec;
 mod status;
 mod stop;
+mod userns;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use record::{
-    Dns, NamespaceMode, Namespaces, PauseProcess, PortMapping, SandboxMetadata, SandboxRecord,
-    SandboxState,
+    Dns, IdMapping, NamespaceMode, Namespaces, PauseProcess, PortMapping, SandboxMetadata,
+    SandboxRecord, SandboxState, UserNamespace,
 };
 pub use spec::SandboxSpec;
 pub use status::SandboxFilter;
+pub use userns::idmap_mounts_supported;
 
 use crate::config::Config;
 use crate::input::quoted;
@@ -113,6 +115,9 @@ pub struct Sandboxes {
     entries: crate::id::Objects<SandboxRecord>,
     pause_binary: PathBuf,
     lifecycle: crate::events::LifecycleBus,
+    /// Whether each OCI runtime binary supports idmapped mounts, probed on
+    /// the first pod that asks for a user namespace.
+    idmap_support: userns::IdmapSupport,
 }
 
 impl Sandboxes {
@@ -135,6 +140,7 @@ impl Sandboxes {
             entries: Default::default(),
             pause_binary,
             lifecycle,
+            idmap_support: Default::default(),
         };
         for (_, mut record) in sandboxes.store.list::<SandboxRecord>(Table::Sandboxes)? {
             if record.state == SandboxState::Ready

@@ -51,6 +51,12 @@ fn args(record: &SandboxRecord) -> Vec<String> {
         args.push("--sysctl".into());
         args.push(format!("{key}={value}"));
     }
+    if let Some(userns) = &record.user_namespace {
+        for (flag, m) in [("--uid-map", userns.uid), ("--gid-map", userns.gid)] {
+            args.push(flag.into());
+            args.push(format!("{}:{}:{}", m.container_id, m.host_id, m.length));
+        }
+    }
     args
 }
 
@@ -119,13 +125,23 @@ pub fn alive(process: &PauseProcess) -> bool {
         && fields.get(19).and_then(|t| t.parse::<u64>().ok()) == Some(process.start_time)
 }
 
-/// The children of process `pid`.
+/// The descendants of process `pid` (the pause process's child in the
+/// pod's user namespace, and the PID namespace's init below it), parents
+/// first.
 pub fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let mut out = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let found: Vec<i32> =
+            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+        next.extend(&found);
+        out.extend(found);
+    }
+    out
 }
 
 fn start_time(pid: i32) -> Option<u64> {

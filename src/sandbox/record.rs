@@ -38,6 +38,29 @@ pub struct Namespaces {
     pub ipc: NamespaceMode,
 }
 
+/// One ID mapping of a user namespace: `length` ids from `container_id`
+/// inside it are `host_id`.. on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    /// First id inside the namespace.
+    pub container_id: u32,
+    /// The host id it stands for.
+    pub host_id: u32,
+    /// How many ids are mapped.
+    pub length: u32,
+}
+
+/// The pod's own user namespace (CRI `NamespaceMode::POD`): one uid and one
+/// gid mapping, each mapping container id 0. The pause process creates it
+/// before, and as the owner of, the pod's other namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// The uid mapping.
+    pub uid: IdMapping,
+    /// The gid mapping.
+    pub gid: IdMapping,
+}
+
 /// The pod's identity, as the kubelet names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxMetadata {
@@ -98,6 +121,9 @@ pub struct SandboxRecord {
     pub port_mappings: Vec<PortMapping>,
     /// Namespace choices.
     pub namespaces: Namespaces,
+    /// The pod's user namespace; `None`: the node's.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespace>,
     /// Parent cgroup for the pod's processes.
     pub cgroup_parent: String,
     /// Namespaced sysctls applied in the pod's namespaces.

@@ -16,10 +16,16 @@ impl Sandboxes {
         spec: SandboxSpec,
         runtime_handler: &str,
     ) -> Result<String, SandboxError> {
-        let (handler, _) = self
+        let (handler, handler_config) = self
             .config
             .runtime_handler(runtime_handler)
             .ok_or_else(|| SandboxError::UnknownHandler(crate::input::quoted(runtime_handler)))?;
+        if spec.user_namespace.is_some() {
+            // Checked before anything exists: nothing to undo.
+            self.idmap_support
+                .require(handler, &handler_config.runtime)
+                .await?;
+        }
         let id = new_id()?;
         let name = spec.reserved_name();
         self.store.reserve_name(&name, &id).map_err(|e| match e {
@@ -37,6 +43,7 @@ impl Sandboxes {
             dns: spec.dns,
             port_mappings: spec.port_mappings,
             namespaces: spec.namespaces,
+            user_namespace: spec.user_namespace,
             cgroup_parent: spec.cgroup_parent,
             sysctls: spec.sysctls,
             privileged: spec.privileged,
@@ -120,8 +127,8 @@ impl Sandboxes {
         record.shim_address = Some(shim);
         if let Some(cgroup) = self.cgroup_path(&record) {
             let hierarchy = step!(self.hierarchy());
-            // The pause process and the PID 1 it forked for a shared PID
-            // namespace.
+            // The pause process and what it forked: the child in the pod's
+            // user namespace, PID 1 of a shared PID namespace.
             for pid in std::iter::once(pause.pid).chain(pause::children(pause.pid)) {
                 step!(
                     hierarchy

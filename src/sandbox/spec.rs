@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use berth_cri_proto::v1 as cri;
 
 use super::SandboxError;
-use super::record::{Dns, NamespaceMode, Namespaces, PortMapping, SandboxMetadata};
+use super::record::{
+    Dns, IdMapping, NamespaceMode, Namespaces, PortMapping, SandboxMetadata, UserNamespace,
+};
 use crate::input::quoted;
 
 /// A validated pod sandbox config.
@@ -28,6 +30,9 @@ pub struct SandboxSpec {
     pub annotations: BTreeMap<String, String>,
     /// Namespace choices.
     pub namespaces: Namespaces,
+    /// The pod's own user namespace (`userns_options.mode` POD); `None`:
+    /// the node's.
+    pub user_namespace: Option<UserNamespace>,
     /// Parent cgroup.
     pub cgroup_parent: String,
     /// Sysctls, each in a namespace the pod owns.
@@ -81,6 +86,7 @@ impl SandboxSpec {
         let security = linux.security_context.unwrap_or_default();
         let ns = security.namespace_options.unwrap_or_default();
         let namespaces = namespaces(&ns)?;
+        let user_namespace = user_namespace(&ns, &namespaces)?;
         let mut port_mappings = Vec::new();
         for (i, pm) in config.port_mappings.iter().enumerate() {
             port_mappings.push(port_mapping(i, pm)?);
@@ -119,6 +125,7 @@ impl SandboxSpec {
             labels: config.labels.into_iter().collect(),
             annotations: config.annotations.into_iter().collect(),
             namespaces,
+            user_namespace,
             cgroup_parent: linux.cgroup_parent,
             sysctls,
             privileged: security.privileged,
@@ -159,15 +166,106 @@ fn namespaces(ns: &cri::NamespaceOption) -> Result<Namespaces, SandboxError> {
         pid: mode(&format!("{field}.pid"), ns.pid, &[Pod, Container, Node])?,
         ipc: mode(&format!("{field}.ipc"), ns.ipc, &[Pod, Node])?,
     };
-    if let Some(userns) = &ns.userns_options
-        && cri::NamespaceMode::try_from(userns.mode) != Ok(cri::NamespaceMode::Node)
-    {
+    Ok(namespaces)
+}
+
+/// The pod's user namespace, as containerd and CRI-O take it: NODE (or no
+/// options) is the node's; POD is one of the pod's own, with exactly one
+/// uid and one gid mapping that map container id 0; CONTAINER and TARGET
+/// are not modes a pod can have.
+fn user_namespace(
+    ns: &cri::NamespaceOption,
+    namespaces: &Namespaces,
+) -> Result<Option<UserNamespace>, SandboxError> {
+    let field = "config.linux.security_context.namespace_options.userns_options";
+    let Some(userns) = &ns.userns_options else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(userns.mode) {
+        Ok(cri::NamespaceMode::Node) => {
+            if !userns.uids.is_empty() || !userns.gids.is_empty() {
+                return Err(invalid(
+                    format!("{field}.uids"),
+                    "ID mappings need mode POD; mode NODE uses the node's user namespace",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(cri::NamespaceMode::Pod) => {}
+        Ok(mode @ (cri::NamespaceMode::Container | cri::NamespaceMode::Target)) => {
+            return Err(invalid(
+                format!("{field}.mode"),
+                format!(
+                    "{} is not supported for a pod's user namespace (NODE or POD)",
+                    mode.as_str_name()
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(invalid(
+                format!("{field}.mode"),
+                format!("unknown namespace mode {}", userns.mode),
+            ));
+        }
+    }
+    let parent = "config.linux.security_context.namespace_options";
+    for (name, mode) in [
+        ("network", namespaces.network),
+        ("pid", namespaces.pid),
+        ("ipc", namespaces.ipc),
+    ] {
+        if mode == NamespaceMode::Node {
+            return Err(invalid(
+                format!("{parent}.{name}"),
+                "NODE cannot be combined with a user namespace of the pod                  (userns_options.mode POD): the node's namespace is not owned by it",
+            ));
+        }
+    }
+    Ok(Some(UserNamespace {
+        uid: id_mapping(&format!("{field}.uids"), &userns.uids)?,
+        gid: id_mapping(&format!("{field}.gids"), &userns.gids)?,
+    }))
+}
+
+/// The single mapping of `uids` or `gids`.
+fn id_mapping(field: &str, mappings: &[cri::IdMapping]) -> Result<IdMapping, SandboxError> {
+    let [m] = mappings else {
         return Err(invalid(
-            format!("{field}.userns_options.mode"),
-            "user namespaces are not supported by berth yet",
+            field,
+            format!(
+                "has {} mappings; a pod's user namespace takes exactly one",
+                mappings.len()
+            ),
+        ));
+    };
+    let field = format!("{field}[0]");
+    if m.container_id != 0 {
+        return Err(invalid(
+            format!("{field}.container_id"),
+            format!(
+                "is {}: the mapping must map container id 0 (the pod's root)",
+                m.container_id
+            ),
         ));
     }
-    Ok(namespaces)
+    if m.length == 0 {
+        return Err(invalid(format!("{field}.length"), "is 0"));
+    }
+    // The kernel's ids are u32, and u32::MAX is its invalid id.
+    if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+        return Err(invalid(
+            format!("{field}.length"),
+            format!(
+                "{} ids from host id {} run past the last id",
+                m.length, m.host_id
+            ),
+        ));
+    }
+    Ok(IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    })
 }
 
 fn port_mapping(i: usize, pm: &cri::PortMapping) -> Result<PortMapping, SandboxError> {
@@ -344,5 +442,169 @@ mod tests {
         let e = with("kernel.panic", false).expect_err("not namespaced");
         assert!(e.to_string().contains("not namespaced"), "{e}");
         with("kernel..x", false).expect_err("bad name");
+    }
+
+    fn with_userns(
+        mode: cri::NamespaceMode,
+        uids: &[(u32, u32, u32)],
+        gids: &[(u32, u32, u32)],
+    ) -> Result<SandboxSpec, SandboxError> {
+        let maps = |m: &[(u32, u32, u32)]| {
+            m.iter()
+                .map(|&(container_id, host_id, length)| cri::IdMapping {
+                    container_id,
+                    host_id,
+                    length,
+                })
+                .collect()
+        };
+        let mut c = base();
+        c.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: mode as i32,
+                        uids: maps(uids),
+                        gids: maps(gids),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        SandboxSpec::from_cri(Some(c))
+    }
+
+    #[test]
+    fn pod_user_namespace_takes_one_mapping_of_root() {
+        use cri::NamespaceMode::{Container, Node, Pod, Target};
+        let one = [(0, 1000, 100000)];
+        let spec = with_userns(Pod, &one, &[(0, 2000, 65536)]).expect("valid POD userns");
+        assert_eq!(
+            spec.user_namespace,
+            Some(UserNamespace {
+                uid: IdMapping {
+                    container_id: 0,
+                    host_id: 1000,
+                    length: 100000
+                },
+                gid: IdMapping {
+                    container_id: 0,
+                    host_id: 2000,
+                    length: 65536
+                },
+            })
+        );
+        assert_eq!(
+            with_userns(Node, &[], &[]).expect("NODE").user_namespace,
+            None
+        );
+        assert_eq!(
+            SandboxSpec::from_cri(Some(base()))
+                .expect("none")
+                .user_namespace,
+            None
+        );
+
+        let field = "config.linux.security_context.namespace_options.userns_options";
+        let err = |r: Result<SandboxSpec, SandboxError>| {
+            let e = r.expect_err("must be refused");
+            assert!(matches!(e, SandboxError::InvalidArgument { .. }), "{e:?}");
+            e.to_string()
+        };
+        let two = [(0, 1000, 100000), (0, 2000, 100000)];
+        let e = err(with_userns(Pod, &two, &two));
+        assert!(
+            e.starts_with(&format!("{field}.uids: has 2 mappings")),
+            "{e}"
+        );
+        let e = err(with_userns(Pod, &one, &two));
+        assert!(
+            e.starts_with(&format!("{field}.gids: has 2 mappings")),
+            "{e}"
+        );
+        let e = err(with_userns(Pod, &[], &one));
+        assert!(
+            e.starts_with(&format!("{field}.uids: has 0 mappings")),
+            "{e}"
+        );
+        let unmapped = [(1, 1000, 100000)];
+        let e = err(with_userns(Pod, &unmapped, &unmapped));
+        assert!(
+            e.starts_with(&format!("{field}.uids[0].container_id: is 1")),
+            "{e}"
+        );
+        let e = err(with_userns(Pod, &one, &unmapped));
+        assert!(
+            e.starts_with(&format!("{field}.gids[0].container_id")),
+            "{e}"
+        );
+        let e = err(with_userns(Pod, &[(0, 1000, 0)], &one));
+        assert!(
+            e.starts_with(&format!("{field}.uids[0].length: is 0")),
+            "{e}"
+        );
+        let e = err(with_userns(Pod, &[(0, u32::MAX - 10, 11)], &one));
+        assert!(e.contains("run past the last id"), "{e}");
+        for mode in [Container, Target] {
+            let e = err(with_userns(mode, &[], &[]));
+            assert!(
+                e.starts_with(&format!("{field}.mode: {}", mode.as_str_name())),
+                "{e}"
+            );
+        }
+        let e = err(with_userns(Node, &one, &one));
+        assert!(e.starts_with(&format!("{field}.uids")), "{e}");
+    }
+
+    #[test]
+    fn pod_user_namespace_refuses_node_namespaces() {
+        let one = [(0, 1000, 100000)];
+        let mut spec = with_userns(cri::NamespaceMode::Pod, &one, &one);
+        assert!(spec.is_ok());
+        for name in ["network", "pid", "ipc"] {
+            let mut c = base();
+            let mut ns = cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![cri::IdMapping {
+                        container_id: 0,
+                        host_id: 1000,
+                        length: 100000,
+                    }],
+                    gids: vec![cri::IdMapping {
+                        container_id: 0,
+                        host_id: 1000,
+                        length: 100000,
+                    }],
+                }),
+                ..Default::default()
+            };
+            let node = cri::NamespaceMode::Node as i32;
+            match name {
+                "network" => ns.network = node,
+                "pid" => ns.pid = node,
+                _ => ns.ipc = node,
+            }
+            c.linux = Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(ns),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            spec = SandboxSpec::from_cri(Some(c));
+            let e = spec
+                .as_ref()
+                .expect_err("NODE with a pod userns")
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "config.linux.security_context.namespace_options.{name}: NODE"
+                )),
+                "{e}"
+            );
+        }
     }
 }
