@@ -56,6 +56,11 @@ impl<R: Clone> Object<R> {
             .clone()
     }
 
+    /// What `read` makes of the current record, without copying it.
+    pub fn with<T>(&self, read: impl FnOnce(&R) -> T) -> T {
+        read(&self.record.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Changes the record in place when `change` says it did (returns
     /// `true`), atomically with respect to every other reader and writer;
     /// returns the changed record.

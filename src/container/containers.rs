@@ -401,29 +401,40 @@ impl Containers {
 
     /// Every container the filter matches, oldest first.
     pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
-        let mut out: Vec<ContainerRecord> = self
+        self.list_with(filter, ContainerRecord::clone)
+    }
+
+    /// What `view` makes of every container the filter matches, oldest
+    /// first; records are read in place, not copied (ListContainers runs
+    /// every second on a busy node).
+    pub fn list_with<T>(
+        &self,
+        filter: &ContainerFilter,
+        view: impl Fn(&ContainerRecord) -> T,
+    ) -> Vec<T> {
+        let matches = |r: &ContainerRecord| {
+            filter
+                .id
+                .as_ref()
+                .is_none_or(|id| r.id.starts_with(id.as_str()))
+                && filter.state.is_none_or(|s| s == r.state)
+                && filter
+                    .sandbox_id
+                    .as_ref()
+                    .is_none_or(|s| r.sandbox_id.starts_with(s.as_str()))
+                && filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+        };
+        let mut out: Vec<(i64, T)> = self
             .entries
             .all()
             .iter()
-            .map(|e| e.record())
-            .filter(|r| {
-                filter
-                    .id
-                    .as_ref()
-                    .is_none_or(|id| r.id.starts_with(id.as_str()))
-                    && filter.state.is_none_or(|s| s == r.state)
-                    && filter
-                        .sandbox_id
-                        .as_ref()
-                        .is_none_or(|s| r.sandbox_id.starts_with(s.as_str()))
-                    && filter
-                        .labels
-                        .iter()
-                        .all(|(k, v)| r.labels.get(k) == Some(v))
-            })
+            .filter_map(|e| e.with(|r| matches(r).then(|| (r.created_at, view(r)))))
             .collect();
-        out.sort_by_key(|r| r.created_at);
-        out
+        out.sort_by_key(|(created, _)| *created);
+        out.into_iter().map(|(_, v)| v).collect()
     }
 
     /// The ids of containers using image `image_id`.

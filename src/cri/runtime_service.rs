@@ -306,9 +306,11 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = container::filter(request.into_inner().filter);
         traced("ListContainers", async {
-            let containers = self.daemon.containers().list(&filter);
             Ok(ListContainersResponse {
-                containers: containers.iter().map(container::summary).collect(),
+                containers: self
+                    .daemon
+                    .containers()
+                    .list_with(&filter, container::summary),
             })
         })
         .await
