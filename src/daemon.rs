@@ -189,28 +189,32 @@ impl Daemon {
 
     /// CreateContainer: the container joins a Ready sandbox and runs an
     /// image that is on the node, or is restored from the checkpoint
-    /// archive its image names.
+    /// archive or checkpoint image its image names.
     pub async fn create_container(
         &self,
         sandbox_id: &str,
         config: &berth_cri_proto::v1::ContainerConfig,
     ) -> Result<String, DaemonError> {
         let sandbox = self.sandboxes.get(sandbox_id)?;
-        if let Some(archive) = crate::container::requested_checkpoint(config) {
-            let image = |name: &str| self.images.status(name);
-            let snapshots = self.images.snapshots();
-            return Ok(self
-                .containers
-                .create_restored(&sandbox, config, &archive, image, snapshots)
-                .await?);
-        }
         let image = config
             .image
             .as_ref()
             .and_then(|i| self.images.status(&i.image));
+        let snapshots = self.images.snapshots();
+        let checkpoint = crate::container::requested_checkpoint(config).or_else(|| {
+            let image = image.as_ref()?;
+            crate::container::checkpoint_image_dir(&self.config.root, image, snapshots)
+        });
+        if let Some(checkpoint) = checkpoint {
+            let image = |name: &str| self.images.status(name);
+            return Ok(self
+                .containers
+                .create_restored(&sandbox, config, &checkpoint, image, snapshots)
+                .await?);
+        }
         Ok(self
             .containers
-            .create(&sandbox, config, image, self.images.snapshots())
+            .create(&sandbox, config, image, snapshots)
             .await?)
     }
 

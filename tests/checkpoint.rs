@@ -171,7 +171,8 @@ async fn restore_continues_the_count(
     rt: &mut RuntimeServiceClient<Channel>,
     pod: &str,
     logs: &Path,
-    archive: &Path,
+    (archive, image): (&Path, &str),
+    name: &str,
     before: u64,
 ) {
     let in_archive = entries(archive, true);
@@ -185,7 +186,7 @@ async fn restore_continues_the_count(
         })
         .max()
         .expect("counts in the archived log");
-    let mut config = container_config(&archive.display().to_string(), "restored", "exit 1");
+    let mut config = container_config(image, name, "exit 1");
     config.labels.insert("restored".into(), "yes".into());
     let id = rt
         .create_container(CreateContainerRequest {
@@ -208,7 +209,7 @@ async fn restore_continues_the_count(
     );
     // The new log starts with the old one; what follows is the restored
     // process's own.
-    let log = logs.join("restored.log");
+    let log = logs.join(format!("{name}.log"));
     let copied = archived_log.len();
     let mut first_new = None;
     for _ in 0..100 {
@@ -228,7 +229,7 @@ async fn restore_continues_the_count(
     }
     let first_new = first_new.expect("the restored container counts");
     eprintln!(
-        "counter: {before} before the checkpoint, {at_checkpoint} in the archived log, \
+        "{name}: {before} before the checkpoint, {at_checkpoint} in the archived log, \
          {first_new} first after the restore"
     );
     assert!(
@@ -261,7 +262,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
         return;
     }
     let criu = criu_check();
-    let (_registry, image, berthd) = support::berthd_with_busybox("berth/checkpoint").await;
+    let (registry, image, berthd) = support::berthd_with_busybox("berth/checkpoint").await;
     let logs = tempfile::tempdir().expect("log dir");
     let out = tempfile::tempdir().expect("archive dir");
     let mut rt = berthd.runtime().await;
@@ -396,7 +397,48 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
                 std::fs::metadata(&location).expect("stat").mode() & 0o777,
                 0o600
             );
-            restore_continues_the_count(&mut rt, &pod, logs.path(), &gz, before).await;
+            // From the archive's path, as CRI-O takes it.
+            let gz_name = gz.display().to_string();
+            let from_archive = (gz.as_path(), gz_name.as_str());
+            restore_continues_the_count(
+                &mut rt,
+                &pod,
+                logs.path(),
+                from_archive,
+                "restored",
+                before,
+            )
+            .await;
+            // From a checkpoint image: the archive as the one layer of an
+            // OCI image marked with the checkpoint annotation, pulled.
+            let mut layer = support::image::Layer::new();
+            for (name, bytes) in entries(&gz, true) {
+                layer = if name == "checkpoint" {
+                    layer.dir("/checkpoint", 0o700)
+                } else {
+                    layer.file(&format!("/{name}"), bytes, 0o600)
+                };
+            }
+            let checkpoint_image = support::image::ImageBuilder::new("berth/counter-checkpoint")
+                .tag("v1")
+                .layer(layer)
+                .annotation("io.kubernetes.cri-o.annotations.checkpoint.name", "counter")
+                .push(&registry)
+                .await
+                .expect("push the checkpoint image")
+                .reference()
+                .to_string();
+            berthd.pull(&checkpoint_image).await;
+            let from_image = (gz.as_path(), checkpoint_image.as_str());
+            restore_continues_the_count(
+                &mut rt,
+                &pod,
+                logs.path(),
+                from_image,
+                "from-image",
+                before,
+            )
+            .await;
         }
         Err(why) => {
             eprintln!(

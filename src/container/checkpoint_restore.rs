@@ -1,6 +1,9 @@
-//! Restoring a container from a checkpoint archive, as CRI-O does: a
+//! Restoring a container from a checkpoint, as CRI-O does: a
 //! CreateContainer whose `image.image` is the absolute path of an archive
-//! ([`super::checkpoint_archive`]'s layout) creates the container from the
+//! ([`super::checkpoint_archive`]'s layout), or names a checkpoint image
+//! (an OCI image whose one layer holds that layout, marked with the
+//! [`CHECKPOINT_ANNOTATION`] annotation, as `buildah` makes them for
+//! Kubernetes), creates the container from the
 //! image the checkpointed one ran (`config.dump`'s `rootfsImageName`, which
 //! must be on the node) with the dumped command, environment and working
 //! directory (`spec.dump`), puts back what it had written
@@ -27,6 +30,9 @@ use crate::image::ImageRecord;
 use crate::sandbox::SandboxRecord;
 use crate::snapshot::SnapshotStore;
 
+/// The annotation that marks an OCI image as a checkpoint (the value is
+/// the checkpointed container's name); CRI-O and containerd read it too.
+pub const CHECKPOINT_ANNOTATION: &str = "io.kubernetes.cri-o.annotations.checkpoint.name";
 /// Where a restored container keeps its archive's CRIU images until it
 /// starts.
 const RESTORE_DIR: &str = "restore";
@@ -46,6 +52,43 @@ pub fn requested_archive(config: &cri::ContainerConfig) -> Option<PathBuf> {
     let image = config.image.as_ref().map(|i| i.image.as_str())?;
     let path = Path::new(image);
     (path.is_absolute() && path.is_file()).then(|| path.to_path_buf())
+}
+
+/// The directory holding the checkpoint that `image` carries, when it is a
+/// checkpoint image: its manifest (or the index it came from) has the
+/// [`CHECKPOINT_ANNOTATION`], and its top layer (unpacked in its snapshot)
+/// has the archive's layout. Blobs are read from the content store under
+/// `root` (`<root>/content/blobs/<algorithm>/<hex>`).
+pub fn checkpoint_image_dir(
+    root: &Path,
+    image: &ImageRecord,
+    snapshots: &SnapshotStore,
+) -> Option<PathBuf> {
+    let marked = image
+        .blobs
+        .iter()
+        .filter(|d| **d != image.id)
+        .any(|digest| {
+            let path = root
+                .join("content")
+                .join("blobs")
+                .join(digest.algorithm())
+                .join(digest.hex());
+            let Ok(bytes) = std::fs::read(path) else {
+                return false;
+            };
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|json| json["annotations"][CHECKPOINT_ANNOTATION].is_string())
+        });
+    if !marked {
+        return None;
+    }
+    let dir = snapshots
+        .lowerdirs(&image.chain_ids)
+        .ok()?
+        .into_iter()
+        .next()?;
+    dir.join(archive::CONFIG_DUMP).is_file().then_some(dir)
 }
 
 /// The CRIU images a created container is to be restored from, while it
@@ -147,6 +190,66 @@ fn read_metadata(path: &Path) -> Result<HashMap<String, serde_json::Value>, Cont
     Ok(found)
 }
 
+/// A plain file of a checkpoint directory, opened without following a
+/// symbolic link (the directory is an image layer: hostile input).
+fn open_regular(path: &Path) -> Result<std::fs::File, ContainerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| ContainerError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(file),
+        _ => Err(invalid(format!("{} is not a plain file", path.display()))),
+    }
+}
+
+/// The metadata files of a checkpoint directory (a checkpoint image's
+/// layer), as [`read_metadata`] reads them from an archive.
+fn read_metadata_dir(dir: &Path) -> Result<HashMap<String, serde_json::Value>, ContainerError> {
+    let mut found = HashMap::new();
+    for name in [
+        archive::CONFIG_DUMP,
+        archive::SPEC_DUMP,
+        archive::STATUS_DUMP,
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        open_regular(&path)?
+            .take(MAX_METADATA + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ContainerError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_METADATA {
+            return Err(invalid(format!(
+                "{name} is larger than {MAX_METADATA} bytes"
+            )));
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("{} is not JSON: {e}", path.display())))?;
+        found.insert(name.to_owned(), value);
+    }
+    if !found.contains_key(archive::SPEC_DUMP) {
+        return Err(invalid(format!(
+            "{} has no {}",
+            dir.display(),
+            archive::SPEC_DUMP
+        )));
+    }
+    Ok(found)
+}
+
 /// The image the checkpointed container ran, by name then by reference.
 fn base_images(meta: &HashMap<String, serde_json::Value>) -> Vec<String> {
     let config = &meta[archive::CONFIG_DUMP];
@@ -208,7 +311,8 @@ fn restored_config(
 }
 
 impl Containers {
-    /// CreateContainer from the checkpoint archive at `archive_path` (see
+    /// CreateContainer from the checkpoint archive at `archive_path`, or
+    /// from the checkpoint directory there (a checkpoint image's layer; see
     /// the module's doc); `image` finds an image on the node by name.
     /// Nothing is left behind on failure.
     pub async fn create_restored(
@@ -220,9 +324,15 @@ impl Containers {
         snapshots: &SnapshotStore,
     ) -> Result<String, ContainerError> {
         let path = archive_path.to_path_buf();
-        let meta = tokio::task::spawn_blocking(move || read_metadata(&path))
-            .await
-            .map_err(|e| ContainerError::Shim(format!("reading the checkpoint archive: {e}")))??;
+        let meta = tokio::task::spawn_blocking(move || {
+            if path.is_dir() {
+                read_metadata_dir(&path)
+            } else {
+                read_metadata(&path)
+            }
+        })
+        .await
+        .map_err(|e| ContainerError::Shim(format!("reading the checkpoint archive: {e}")))??;
         let names = base_images(&meta);
         let (name, base) = names
             .iter()
@@ -240,10 +350,16 @@ impl Containers {
             .await?;
         let record = self.status(&id)?;
         let path = archive_path.to_path_buf();
-        let unpacked = tokio::task::spawn_blocking(move || unpack(&path, &record))
-            .await
-            .map_err(|e| ContainerError::Shim(format!("unpacking the checkpoint archive: {e}")))
-            .and_then(|r| r);
+        let unpacked = tokio::task::spawn_blocking(move || {
+            if path.is_dir() {
+                unpack_dir(&path, &record)
+            } else {
+                unpack(&path, &record)
+            }
+        })
+        .await
+        .map_err(|e| ContainerError::Shim(format!("unpacking the checkpoint archive: {e}")))
+        .and_then(|r| r);
         if let Err(e) = unpacked {
             if let Err(removal) = self.remove(&id).await {
                 tracing::warn!(container = %id, error = %removal, "half-restored container not removed");
@@ -326,6 +442,66 @@ fn unpack(path: &Path, record: &ContainerRecord) -> Result<(), ContainerError> {
     }
     for file in &deleted {
         remove_inside(&rootfs, file)?;
+    }
+    Ok(())
+}
+
+/// [`unpack`] from a checkpoint directory (a checkpoint image's layer).
+fn unpack_dir(dir: &Path, record: &ContainerRecord) -> Result<(), ContainerError> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContainerError::Io { op, path, source }
+    };
+    let images = record.dir.join(RESTORE_DIR).join(archive::CHECKPOINT_DIR);
+    std::fs::create_dir_all(&images).map_err(io("create directory", &images))?;
+    let source = dir.join(archive::CHECKPOINT_DIR);
+    for entry in std::fs::read_dir(&source).map_err(io("read directory", &source))? {
+        let entry = entry.map_err(io("read directory", &source))?;
+        let from = entry.path();
+        let to = images.join(entry.file_name());
+        let mut input = open_regular(&from)?;
+        let mut out = std::fs::File::create(&to).map_err(io("create", &to))?;
+        std::io::copy(&mut input, &mut out).map_err(io("copy", &from))?;
+    }
+    if !images.join("inventory.img").is_file() {
+        return Err(invalid(format!(
+            "{} has no CRIU images (checkpoint/inventory.img)",
+            dir.display()
+        )));
+    }
+    let rootfs = mountpoint(&record.dir);
+    let diff = dir.join(archive::ROOTFS_DIFF);
+    if diff.exists() {
+        let mut tar = tar::Archive::new(BufReader::new(open_regular(&diff)?));
+        tar.set_preserve_permissions(true);
+        tar.set_preserve_ownerships(true);
+        tar.set_preserve_mtime(true);
+        tar.set_overwrite(true);
+        tar.unpack(&rootfs)
+            .map_err(|e| invalid(format!("{}: {e}", diff.display())))?;
+    }
+    let deleted = dir.join(archive::DELETED_FILES);
+    if deleted.exists() {
+        let mut bytes = Vec::new();
+        open_regular(&deleted)?
+            .take(MAX_METADATA + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io("read", &deleted))?;
+        let files: Vec<String> = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("{}: {e}", deleted.display())))?;
+        for file in &files {
+            remove_inside(&rootfs, file)?;
+        }
+    }
+    let log = dir.join(archive::CONTAINER_LOG);
+    if log.exists() && !record.log_path.is_empty() {
+        let target = Path::new(&record.log_path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+        }
+        let mut input = open_regular(&log)?;
+        let mut out = std::fs::File::create(target).map_err(io("create", target))?;
+        std::io::copy(&mut input, &mut out).map_err(io("copy", &log))?;
     }
     Ok(())
 }

@@ -34,7 +34,9 @@ mod update;
 mod user;
 
 pub use checkpoint::DEFAULT_CHECKPOINT_TIMEOUT;
-pub use checkpoint_restore::requested_archive as requested_checkpoint;
+pub use checkpoint_restore::{
+    CHECKPOINT_ANNOTATION, checkpoint_image_dir, requested_archive as requested_checkpoint,
+};
 pub use containers::{ContainerError, ContainerFilter, Containers};
 pub use mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 pub use record::{ContainerRecord, ContainerState, MountRecord};

@@ -312,6 +312,7 @@ pub struct ImageBuilder {
     labels: BTreeMap<String, String>,
     exposed_ports: Vec<String>,
     stop_signal: Option<String>,
+    annotations: BTreeMap<String, String>,
 }
 
 impl ImageBuilder {
@@ -330,6 +331,7 @@ impl ImageBuilder {
             labels: BTreeMap::new(),
             exposed_ports: Vec::new(),
             stop_signal: None,
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -408,12 +410,18 @@ impl ImageBuilder {
         self
     }
 
+    /// Sets an annotation of the manifest.
+    pub fn annotation(mut self, name: &str, value: &str) -> ImageBuilder {
+        self.annotations.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     /// Builds layers, config and manifest in memory.
     pub fn build(&self) -> BuiltImage {
         let layers: Vec<BuiltLayer> = self.layers.iter().map(Layer::build).collect();
         let config = serde_json::to_vec(&self.config_json(&layers)).expect("serialize config");
         let config_digest = sha256_digest(&config);
-        let manifest = json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_IMAGE_MEDIA_TYPE,
             "config": {
@@ -427,6 +435,9 @@ impl ImageBuilder {
                 "size": l.blob.len(),
             })).collect::<Vec<_>>(),
         });
+        if !self.annotations.is_empty() {
+            manifest["annotations"] = json!(self.annotations);
+        }
         let manifest = serde_json::to_vec(&manifest).expect("serialize manifest");
         let tags = if self.tags.is_empty() {
             vec!["latest".to_owned()]
