@@ -124,6 +124,35 @@ async fn rpc_counts_and_codes_move() {
 
     let (status, _) = get(address, "/nothing").await;
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+
+    // A pull from a registry that never answers, given up by the client:
+    // the dropped call is counted as Canceled.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("silent registry");
+    let image = format!("{}/never/answers:v1", silent.local_addr().expect("address"));
+    let mut request = tonic::Request::new(PullImageRequest {
+        image: Some(ImageSpec {
+            image,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let mut images = berthd.images().await;
+    images
+        .pull_image(request)
+        .await
+        .expect_err("the registry never answers");
+    let canceled = "berth_cri_requests_total{method=\"PullImage\",code=\"Canceled\"}";
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        counted = sample(&scrape(address).await, canceled);
+        if counted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted, 1.0, "the abandoned pull is counted as Canceled");
+    drop(silent);
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@ mod status;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use berth_cri_proto::v1::image_service_server::ImageServiceServer;
 use berth_cri_proto::v1::runtime_service_server::RuntimeServiceServer;
@@ -72,21 +71,20 @@ pub fn services(
 }
 
 /// Runs one RPC inside a span named after it, logs its outcome and latency,
-/// records both in [`crate::metrics::CRI`], and wraps the reply.
+/// records both in [`crate::metrics::CRI`] (a call dropped before it
+/// answers counts as `Canceled`), and wraps the reply.
 async fn traced<T>(
     rpc: &'static str,
     body: impl Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
     let span = tracing::debug_span!("rpc", rpc);
     async move {
-        let start = Instant::now();
+        let timer = crate::metrics::CRI.timer(rpc);
         let result = body.await;
-        let elapsed = start.elapsed();
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
-        crate::metrics::CRI.record(rpc, code, elapsed);
-        let micros = elapsed.as_micros() as u64;
+        let micros = timer.finish(code).as_micros() as u64;
         match &result {
             Ok(_) => tracing::debug!(micros, "ok"),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {

@@ -4,9 +4,10 @@
 //! What it reports:
 //! - `berth_cri_request_duration_seconds{method}`: a latency histogram per
 //!   CRI RPC, and `berth_cri_requests_total{method,code}`: RPCs answered
-//!   per gRPC code. Both are recorded by the CRI façade's `traced`
-//!   decorator into [`CRI`], fixed tables of atomics (no lock, no
-//!   allocation per request).
+//!   per gRPC code (`Canceled` for a call dropped before it answered).
+//!   Both are recorded by the CRI façade's `traced` decorator into
+//!   [`CRI`], fixed tables of atomics (no lock, no allocation per
+//!   request).
 //! - `berth_image_pull_bytes_total`: compressed layer bytes downloaded by
 //!   pulls ([`add_pulled_bytes`]).
 //! - `berth_pods{state}`, `berth_containers{state}`, `berth_images`,
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use exposition::{CONTENT_TYPE, Exposition, HistogramSnapshot, Kind, Value};
 pub use histogram::{Histogram, LATENCY_BOUNDS_NS};
 pub use process::{parse_vm_rss, resident_memory_bytes};
-pub use rpc::{CriMetrics, METHODS};
+pub use rpc::{CriMetrics, METHODS, RpcTimer};
 pub use server::{MetricsError, MetricsServer};
 
 /// The CRI figures of this process, recorded for every RPC.

@@ -3,7 +3,7 @@
 //! the method's place in [`METHODS`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::exposition::{Exposition, Kind, Value};
 use super::histogram::Histogram;
@@ -130,6 +130,18 @@ impl CriMetrics {
         m.codes[code].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Starts timing one call of `method`: record its answer with
+    /// [`RpcTimer::finish`]; a call dropped before it answers (the client
+    /// went away, berthd is stopping) is recorded as `Canceled`.
+    pub fn timer(&'static self, method: &'static str) -> RpcTimer {
+        RpcTimer {
+            metrics: self,
+            method,
+            start: Instant::now(),
+            finished: false,
+        }
+    }
+
     /// How many calls of `method` answered `code` so far.
     pub fn count(&self, method: &str, code: tonic::Code) -> u64 {
         let Ok(i) = METHODS.binary_search(&method) else {
@@ -175,6 +187,35 @@ impl CriMetrics {
                     );
                 }
             }
+        }
+    }
+}
+
+/// One call being timed (see [`CriMetrics::timer`]).
+#[derive(Debug)]
+pub struct RpcTimer {
+    metrics: &'static CriMetrics,
+    method: &'static str,
+    start: Instant,
+    finished: bool,
+}
+
+impl RpcTimer {
+    /// Records the call's answer; returns how long it took.
+    pub fn finish(mut self, code: tonic::Code) -> Duration {
+        self.finished = true;
+        let elapsed = self.start.elapsed();
+        self.metrics.record(self.method, code, elapsed);
+        elapsed
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        if !self.finished {
+            let elapsed = self.start.elapsed();
+            self.metrics
+                .record(self.method, tonic::Code::Cancelled, elapsed);
         }
     }
 }
@@ -300,6 +341,28 @@ mod tests {
         assert!(
             !text.contains("code=\"Internal\""),
             "never answered: {text}"
+        );
+    }
+
+    #[test]
+    fn a_call_dropped_before_it_answers_is_canceled() {
+        static M: CriMetrics = CriMetrics::new();
+        let timer = M.timer("PullImage");
+        let elapsed = timer.finish(tonic::Code::Ok);
+        assert!(elapsed < Duration::from_secs(5));
+        drop(M.timer("PullImage"));
+        assert_eq!(M.count("PullImage", tonic::Code::Ok), 1);
+        assert_eq!(M.count("PullImage", tonic::Code::Cancelled), 1);
+        let mut e = Exposition::new();
+        M.write(&mut e);
+        let text = e.finish();
+        assert!(
+            text.contains("berth_cri_requests_total{method=\"PullImage\",code=\"Canceled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_cri_request_duration_seconds_count{method=\"PullImage\"} 2"),
+            "{text}"
         );
     }
 }
