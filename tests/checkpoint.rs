@@ -3,10 +3,17 @@
 //! and checkpointctl share, and keeps running; wrong requests get the
 //! right codes and leave nothing behind.
 //!
+//! Then the counter is restored twice, into new containers of the pod:
+//! from the archive's path and from a checkpoint image (the archive as an
+//! OCI image's layer) pulled from the registry; each goes on counting from
+//! where the checkpoint left it, on the checkpointed writable layer.
+//!
 //! Needs root and CRIU (Debian package criu; installed by scripts/test).
-//! Where `criu check` fails on the host (CRIU older than the kernel), the
-//! test checks that a checkpoint fails cleanly with CRIU's reason instead,
-//! and says loudly that the archive was not checked.
+//! Where `criu check` fails on the host (Debian 12's CRIU 3.17 cannot run
+//! on kernels from 6.13 on, whose vDSO it does not know; CRIU 4.1 can),
+//! the test checks that a checkpoint fails cleanly with CRIU's reason
+//! instead, and says loudly that the archive and the restores were not
+//! checked. A newer `criu` first in `PATH` runs the whole test.
 
 mod support;
 
