@@ -17,7 +17,8 @@
 //!
 //! The writable layer is the overlay upper dir: its whiteouts (0/0
 //! character devices) and the lower entries an opaque directory hides are
-//! listed in `deleted.files` instead of being archived, as CRI-O does.
+//! listed in `deleted.files` instead of being archived, as CRI-O does;
+//! unix sockets are left out.
 //!
 //! The archive is written to a temporary file beside its location and
 //! renamed into place once complete: the location holds a whole archive
@@ -130,6 +131,11 @@ pub fn write_rootfs_diff(
             let meta = std::fs::symlink_metadata(&full).map_err(io("stat", &full))?;
             if meta.file_type().is_char_device() && meta.rdev() == 0 {
                 deleted.insert(absolute(&rel));
+                continue;
+            }
+            // A socket cannot be archived, nor restored: the process that
+            // listens on it binds it again (as Docker's and CRI-O's diffs do).
+            if meta.file_type().is_socket() {
                 continue;
             }
             tar.append_path_with_name(&full, &rel)
@@ -401,6 +407,8 @@ mod tests {
         std::fs::create_dir_all(upper.path().join("data/sub")).expect("mkdir");
         std::fs::write(upper.path().join("data/sub/counter"), b"42").expect("write");
         std::os::unix::fs::symlink("/nowhere", upper.path().join("link")).expect("symlink");
+        let _socket = std::os::unix::net::UnixListener::bind(upper.path().join("data/app.sock"))
+            .expect("bind a socket");
         write_rootfs_diff(upper.path(), &[], work.path()).expect("diff");
         let names = names(&work.path().join(ROOTFS_DIFF), false);
         for wanted in ["data", "data/sub", "data/sub/counter", "link"] {
@@ -409,6 +417,7 @@ mod tests {
                 "{wanted} in {names:?}"
             );
         }
+        assert!(!names.iter().any(|n| n.contains("app.sock")), "{names:?}");
         assert!(!work.path().join(DELETED_FILES).exists());
     }
 
