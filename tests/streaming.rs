@@ -111,6 +111,24 @@ async fn forward_pair(spdy: &mut SpdyClient, port: &str, request: &str) -> (u32,
     (error, data)
 }
 
+/// Live (non-zombie) processes whose command line matches `pattern`.
+fn pids(pattern: &str) -> Vec<i32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
 fn status_of(error: &[u8]) -> serde_json::Value {
     serde_json::from_slice(error)
         .unwrap_or_else(|e| panic!("status JSON {:?}: {e}", String::from_utf8_lossy(error)))
@@ -238,6 +256,62 @@ async fn exec_attach_and_port_forward() {
     let text = String::from_utf8_lossy(&out[0]);
     assert!(text.contains("40 100"), "{text:?}");
     assert!(text.contains("/dev/pts/"), "{text:?}");
+
+    // 3b. A process that exits while a background child still holds its
+    // output: the session ends anyway.
+    let url = exec_url(
+        &mut rt,
+        &sleeper,
+        &["sh", "-c", "sleep 3602 & echo started"],
+        (false, false),
+    )
+    .await;
+    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
+    let error = spdy.open(&[("streamType", "error")]).await;
+    let stdout = spdy.open(&[("streamType", "stdout")]).await;
+    let stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let got = spdy.read_until_ended(&[stdout, stderr, error]).await;
+    assert_eq!(got[0], b"started\n");
+    assert_eq!(status_of(&got[2])["status"], "Success");
+
+    // 3c. A client that goes away mid-exec: its process is killed, the
+    // shim keeps no fd of it.
+    let shim_pid = pids(&format!("berth-shim .*-id {sleeper}"));
+    assert_eq!(shim_pid.len(), 1, "{shim_pid:?}");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", shim_pid[0])).map_or(0, |d| d.count());
+    let before = fds();
+    let url = exec_url(&mut rt, &sleeper, &["sleep", "3603"], (true, false)).await;
+    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
+    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
+    let _error = spdy.open(&[("streamType", "error")]).await;
+    let _stdin = spdy.open(&[("streamType", "stdin")]).await;
+    let _stdout = spdy.open(&[("streamType", "stdout")]).await;
+    let _stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let mut started = false;
+    for _ in 0..200 {
+        if !pids("sleep 3603").is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started, "the exec runs");
+    drop(spdy);
+    let mut gone = false;
+    for _ in 0..300 {
+        if pids("sleep 3603").is_empty() && fds() <= before {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gone,
+        "process killed ({:?} left) and shim fds back to {before} (now {})",
+        pids("sleep 3603"),
+        fds()
+    );
 
     // 4. WebSocket v5: stdin closed by the close signal.
     let url = exec_url(

@@ -125,6 +125,17 @@ pub struct SpdyClient {
     /// Everything received so far, by stream id.
     pub streams: HashMap<u32, Received>,
     replies: Vec<u32>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for SpdyClient {
+    /// Dropping the client closes its connection, as a client that goes
+    /// away does.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl SpdyClient {
@@ -136,7 +147,7 @@ impl SpdyClient {
         let (mut read, mut write) = tokio::io::split(stream);
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
         let (events_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut encoder = FrameEncoder::new();
             while let Some(frame) = out_rx.recv().await {
                 let mut bytes = Vec::new();
@@ -147,7 +158,7 @@ impl SpdyClient {
             }
         });
         let pong = out.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut decoder = FrameDecoder::new();
             let mut buf = BytesMut::new();
             loop {
@@ -193,6 +204,7 @@ impl SpdyClient {
             events,
             streams: HashMap::new(),
             replies: Vec::new(),
+            tasks: [reader, writer],
         }
     }
 
