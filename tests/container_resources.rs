@@ -37,6 +37,33 @@ fn cgroup_of(pid: i32, controller: &str) -> String {
         .unwrap_or_else(|| panic!("no {controller} line in /proc/{pid}/cgroup:\n{text}"))
 }
 
+/// The page sizes of the node's hugepages, named as the kubelet names them
+/// (`2MB`, `1GB`).
+fn node_page_sizes() -> Vec<String> {
+    let mut sizes: Vec<String> = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kb: u64 = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            Some(if kb.is_multiple_of(1 << 20) {
+                format!("{}GB", kb >> 20)
+            } else if kb.is_multiple_of(1 << 10) {
+                format!("{}MB", kb >> 10)
+            } else {
+                format!("{kb}KB")
+            })
+        })
+        .collect();
+    sizes.sort();
+    sizes
+}
+
 #[tokio::test]
 async fn limits_reach_the_cgroup_under_the_pod_parent() {
     if !support::root_tests("limits_reach_the_cgroup_under_the_pod_parent") {
@@ -119,6 +146,42 @@ async fn limits_reach_the_cgroup_under_the_pod_parent() {
     let lowered_pid = pod.host_pid(&lowered, "sleep");
     assert_eq!(adj(lowered_pid), own, "clamped to berthd's oom_score_adj");
 
+    // The kubelet sends a hugepage limit (0 unless asked) for every page
+    // size the node has; where the node has no hugetlb controller they
+    // cannot be applied and must not stop the container.
+    let mut config = pod.container("hugepages", &["sleep", "3603"]);
+    resources(&mut config).hugepage_limits = node_page_sizes()
+        .into_iter()
+        .map(|page_size| HugepageLimit {
+            page_size,
+            limit: 0,
+        })
+        .collect();
+    let hugepages = pod.start(config).await;
+    if std::path::Path::new("/sys/fs/cgroup/hugetlb").is_dir() {
+        assert_eq!(
+            pod.cgroup_file("hugetlb", &hugepages, "hugetlb.2MB.limit_in_bytes"),
+            "0"
+        );
+    }
+    // `unified` needs cgroup v2: refused at creation on a v1 node rather
+    // than failing the start.
+    let mut config = pod.container("unified", &["sleep", "3604"]);
+    resources(&mut config).unified = [("memory.high".to_string(), "100000000".to_string())].into();
+    let mut kept = vec![limited.clone(), hugepages.clone()];
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        kept.push(pod.start(config).await);
+    } else {
+        let err = pod.create(config).await.expect_err("unified on cgroup v1");
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(
+            err.message().contains("config.linux.resources.unified")
+                && err.message().contains("cgroup v2"),
+            "{}",
+            err.message()
+        );
+    }
+
     // Bad values are refused, naming the field, leaving nothing behind.
     let mut config = pod.container("bad", &["true"]);
     resources(&mut config).cpu_shares = -2;
@@ -130,8 +193,9 @@ async fn limits_reach_the_cgroup_under_the_pod_parent() {
     let err = pod.create(config).await.expect_err("oom_score_adj too big");
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     assert!(err.message().contains("oom_score_adj"), "{}", err.message());
-    pod.assert_only_containers(&[&limited, &unlimited, &lowered])
-        .await;
+    kept.extend([unlimited.clone(), lowered.clone()]);
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    pod.assert_only_containers(&kept).await;
 
     // The container's cgroup goes with the container.
     pod.rt

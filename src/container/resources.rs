@@ -23,13 +23,66 @@ pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
     }
 }
 
+/// What the node's cgroups can apply, where a limit depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeCgroups {
+    /// cgroup v2 (unified mode): `unified` entries can be written. A
+    /// hybrid node is v1, for runc as for berth.
+    v2: bool,
+    /// The hugetlb controller is there: hugepage limits can be set.
+    hugetlb: bool,
+}
+
+impl NodeCgroups {
+    /// The node's, read once.
+    fn get() -> NodeCgroups {
+        static NODE: std::sync::OnceLock<NodeCgroups> = std::sync::OnceLock::new();
+        *NODE.get_or_init(NodeCgroups::detect)
+    }
+
+    fn detect() -> NodeCgroups {
+        match crate::cgroup::Hierarchy::detect() {
+            Ok(crate::cgroup::Hierarchy::V2(root)) => NodeCgroups {
+                v2: true,
+                hugetlb: std::fs::read_to_string(root.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb")),
+            },
+            // `/proc/cgroups`: name, v1 hierarchy id (0 when not mounted),
+            // cgroup count, enabled.
+            _ => NodeCgroups {
+                v2: false,
+                hugetlb: std::fs::read_to_string("/proc/cgroups").is_ok_and(|text| {
+                    text.lines().any(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        matches!(f.as_slice(), ["hugetlb", h, _, "1"] if *h != "0")
+                    })
+                }),
+            },
+        }
+    }
+}
+
 /// The resources of the spec; `swap_limit` says whether the node can limit
 /// swap at all; errors name fields under `field` (the request's path to
 /// the resources).
+///
+/// Hugepage limits are left out on a node without the hugetlb controller
+/// (the kubelet sends one, 0 unless asked, for every page size the node
+/// has, and runc fails the start on a limit it cannot apply); `unified`
+/// is refused on a cgroup v1 node, where runc cannot start the container.
 pub fn build(
     resources: Option<&cri::LinuxContainerResources>,
     swap_limit: bool,
     field: &str,
+) -> Result<LinuxResources, SpecError> {
+    build_for(resources, swap_limit, field, NodeCgroups::get())
+}
+
+fn build_for(
+    resources: Option<&cri::LinuxContainerResources>,
+    swap_limit: bool,
+    field: &str,
+    node: NodeCgroups,
 ) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
     let Some(r) = resources else {
@@ -133,10 +186,20 @@ pub fn build(
                     .build()?,
             );
         }
-        out.set_hugepage_limits(Some(limits));
+        if node.hugetlb {
+            out.set_hugepage_limits(Some(limits));
+        } else {
+            tracing::debug!("no hugetlb controller on the node: hugepage limits left out");
+        }
     }
 
     if !r.unified.is_empty() {
+        if !node.v2 {
+            return Err(invalid(
+                format!("{field}.unified"),
+                "needs cgroup v2; this node runs cgroup v1",
+            ));
+        }
         for key in r.unified.keys() {
             if key.is_empty() || key.contains('/') || key.contains("..") {
                 return Err(invalid(
@@ -193,7 +256,11 @@ mod tests {
             unified: [("memory.high".to_string(), "900M".to_string())].into(),
             ..Default::default()
         };
-        let out = build(Some(&r), true, FIELD).expect("resources");
+        let v2 = NodeCgroups {
+            v2: true,
+            hugetlb: true,
+        };
+        let out = build_for(Some(&r), true, FIELD, v2).expect("resources");
         let cpu = out.cpu().as_ref().expect("cpu");
         assert_eq!(cpu.shares(), Some(512));
         assert_eq!(cpu.quota(), Some(50_000));
@@ -209,6 +276,39 @@ mod tests {
         assert_eq!(
             out.unified().as_ref().expect("unified")["memory.high"],
             "900M"
+        );
+    }
+
+    #[test]
+    fn what_the_node_cannot_apply() {
+        let v1 = NodeCgroups {
+            v2: false,
+            hugetlb: false,
+        };
+        let huge = cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        };
+        let out = build_for(Some(&huge), true, FIELD, v1).expect("hugepages dropped");
+        assert_eq!(out.hugepage_limits(), &None);
+        let with = NodeCgroups {
+            hugetlb: true,
+            ..v1
+        };
+        let out = build_for(Some(&huge), true, FIELD, with).expect("hugepages");
+        assert_eq!(out.hugepage_limits().as_ref().map(Vec::len), Some(1));
+        let unified = cri::LinuxContainerResources {
+            unified: [("memory.high".to_string(), "1G".to_string())].into(),
+            ..Default::default()
+        };
+        let err = build_for(Some(&unified), true, FIELD, v1).expect_err("v1");
+        assert!(
+            err.to_string()
+                .contains("config.linux.resources.unified: needs cgroup v2"),
+            "{err}"
         );
     }
 
