@@ -247,10 +247,9 @@ impl Batch<'_> {
     /// Adds `name` (a described metric) when there is a value.
     fn push(&mut self, name: &'static str, value: Option<u64>, extra: &[&str]) {
         let Some(value) = value else { return };
-        let kind = DESCRIPTORS
-            .iter()
-            .find(|d| d.0 == name)
-            .map_or(GAUGE, |d| d.3);
+        let described = DESCRIPTORS.iter().find(|d| d.0 == name);
+        debug_assert!(described.is_some(), "{name} has no descriptor");
+        let kind = described.map_or(GAUGE, |d| d.3);
         let mut label_values = self.labels.clone();
         label_values.extend(extra.iter().map(|v| v.to_string()));
         self.out.push(cri::Metric {
