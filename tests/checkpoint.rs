@@ -3,9 +3,10 @@
 //! and checkpointctl share, and keeps running; wrong requests get the
 //! right codes and leave nothing behind.
 //!
-//! Then the counter is restored twice, into new containers of the pod:
-//! from the archive's path and from a checkpoint image (the archive as an
-//! OCI image's layer) pulled from the registry; each goes on counting from
+//! Then the counter is restored twice: from the archive's path into a new
+//! container of the pod, and from a checkpoint image (the archive as an
+//! OCI image's layer) pulled from the registry into another pod, as a
+//! migration does; each goes on counting from
 //! where the checkpoint left it, on the checkpointed writable layer.
 //!
 //! Needs root and CRIU (Debian package criu; installed by scripts/test).
@@ -30,11 +31,11 @@ fn cgroup_parent() -> String {
     format!("berth-ckpt-{}", std::process::id())
 }
 
-fn pod_config(logs: &Path) -> PodSandboxConfig {
+fn pod_config(logs: &Path, name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
-            name: "checkpoint".into(),
-            uid: "uid-checkpoint".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
             namespace: "berth-test".into(),
             attempt: 0,
         }),
@@ -176,7 +177,7 @@ fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
 /// writable layer.
 async fn restore_continues_the_count(
     rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
+    (pod, pod_name): (&str, &str),
     logs: &Path,
     (archive, image): (&Path, &str),
     name: &str,
@@ -199,7 +200,7 @@ async fn restore_continues_the_count(
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.into(),
             config: Some(config),
-            sandbox_config: Some(pod_config(logs)),
+            sandbox_config: Some(pod_config(logs, pod_name)),
         })
         .await
         .expect("CreateContainer from the checkpoint archive")
@@ -275,7 +276,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
     let mut rt = berthd.runtime().await;
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config(logs.path())),
+            config: Some(pod_config(logs.path(), "checkpoint")),
             runtime_handler: String::new(),
         })
         .await
@@ -286,7 +287,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
         rt.create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(container_config(&image, name, script)),
-            sandbox_config: Some(pod_config(logs.path())),
+            sandbox_config: Some(pod_config(logs.path(), "checkpoint")),
         })
         .await
         .expect("CreateContainer")
@@ -340,6 +341,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
     );
     assert!(!location.exists());
 
+    let mut other_pod = None;
     let containers_dir = berthd.dir().join("root").join("containers").join(&counter);
     match criu {
         Ok(()) => {
@@ -409,7 +411,7 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
             let from_archive = (gz.as_path(), gz_name.as_str());
             restore_continues_the_count(
                 &mut rt,
-                &pod,
+                (&pod, "checkpoint"),
                 logs.path(),
                 from_archive,
                 "restored",
@@ -437,9 +439,21 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
                 .to_string();
             berthd.pull(&checkpoint_image).await;
             let from_image = (gz.as_path(), checkpoint_image.as_str());
+            // Into another pod (its own network namespace), as a migration
+            // does.
+            let target = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(pod_config(logs.path(), "checkpoint-target")),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .expect("RunPodSandbox for the restore")
+                .into_inner()
+                .pod_sandbox_id;
+            other_pod = Some(target.clone());
             restore_continues_the_count(
                 &mut rt,
-                &pod,
+                (&target, "checkpoint-target"),
                 logs.path(),
                 from_image,
                 "from-image",
@@ -477,6 +491,9 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
     let after = last_count(&log);
     wait_count_above(&log, after.max(before)).await;
 
+    if let Some(other) = other_pod {
+        support::stop_and_remove_pod(&mut rt, &other).await;
+    }
     support::stop_and_remove_pod(&mut rt, &pod).await;
     support::remove_test_cgroup(&cgroup_parent());
 }
