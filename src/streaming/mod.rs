@@ -8,6 +8,7 @@
 //! [`Backend`] that runs the process or opens the port: the streaming
 //! server knows nothing of containers or sandboxes.
 
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;

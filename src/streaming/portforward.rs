@@ -56,17 +56,8 @@ where
     let (session, mut incoming) = spdy::serve(io);
     let mut forwards = tokio::task::JoinSet::new();
     let mut pairs: HashMap<String, (tokio::time::Instant, Pair)> = HashMap::new();
-    let idle = shared.config.idle_timeout;
-    loop {
-        let next = tokio::time::timeout(idle, incoming.accept()).await;
-        let stream = match next {
-            Ok(Some(stream)) => stream,
-            Ok(None) => break,
-            Err(_) => {
-                tracing::debug!(sandbox = %request.sandbox_id, "port-forward idle; closing");
-                break;
-            }
-        };
+    // The connection's idle timeout (see `idle`) ends an unused session.
+    while let Some(stream) = incoming.accept().await {
         let kind = stream.header("streamtype").unwrap_or_default().to_string();
         if kind != "error" && kind != "data" {
             stream.reset(spdy::RstStatus::PROTOCOL_ERROR);

@@ -16,6 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use super::idle::IdleTimeout;
 use super::remotecommand::{self, Version};
 use super::websocket::{self, ChannelProtocol};
 use super::{Pending, Shared, portforward, spdy_channels};
@@ -159,7 +160,7 @@ fn spdy_upgrade(
     tokio::spawn(async move {
         let chosen = negotiated;
         let upgraded = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => IdleTimeout::new(TokioIo::new(u), shared.config.idle_timeout),
             Err(e) => {
                 tracing::debug!(error = %e, "SPDY upgrade failed");
                 return;
@@ -208,7 +209,7 @@ fn websocket_upgrade(
     let protocol = chosen.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => IdleTimeout::new(TokioIo::new(u), shared.config.idle_timeout),
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 return;
