@@ -9,6 +9,10 @@
 //! migration does; each goes on counting from
 //! where the checkpoint left it, on the checkpointed writable layer.
 //!
+//! Broken checkpoints (not a tar, no spec, an image that is not on the
+//! node, no CRIU images) are refused with the right code, undoing what
+//! was made.
+//!
 //! Needs root and CRIU (Debian package criu; installed by scripts/test).
 //! Where `criu check` fails on the host (Debian 12's CRIU 3.17 cannot run
 //! on kernels from 6.13 on, whose vDSO it does not know; CRIU 4.1 can),
@@ -494,6 +498,120 @@ async fn checkpoint_archives_a_running_container_that_keeps_running() {
     if let Some(other) = other_pod {
         support::stop_and_remove_pod(&mut rt, &other).await;
     }
+    support::stop_and_remove_pod(&mut rt, &pod).await;
+    support::remove_test_cgroup(&cgroup_parent());
+}
+
+/// A tar holding `files` (name, bytes).
+fn tar_of(path: &Path, files: &[(&str, &[u8])]) {
+    let mut tar = tar::Builder::new(std::fs::File::create(path).expect("create tar"));
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *bytes)
+            .expect("append to tar");
+    }
+    tar.finish().expect("finish tar");
+}
+
+#[tokio::test]
+async fn a_broken_checkpoint_is_refused_and_leaves_nothing() {
+    if !support::root_tests("a_broken_checkpoint_is_refused_and_leaves_nothing") {
+        return;
+    }
+    let (_registry, image, berthd) = support::berthd_with_busybox("berth/checkpoint-broken").await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let dir = tempfile::tempdir().expect("archive dir");
+    let mut rt = berthd.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config(logs.path(), "broken")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let spec = br#"{"process":{"args":["sh","-c","sleep 60"],"env":["PATH=/bin"],"cwd":"/"}}"#;
+    let config_of = |image: &str| {
+        serde_json::json!({"id": "x", "name": "x", "rootfsImageName": image}).to_string()
+    };
+    let not_tar = dir.path().join("not-a-checkpoint.tar");
+    std::fs::write(&not_tar, b"just some text, not a tar archive").expect("write");
+    let no_spec = dir.path().join("no-spec.tar");
+    tar_of(&no_spec, &[("config.dump", config_of(&image).as_bytes())]);
+    let missing_image = dir.path().join("missing-image.tar");
+    tar_of(
+        &missing_image,
+        &[
+            (
+                "config.dump",
+                config_of("example.invalid/none:v1").as_bytes(),
+            ),
+            ("spec.dump", spec),
+        ],
+    );
+    // Everything but CRIU's images: the container is created, then undone.
+    let no_images = dir.path().join("no-images.tar");
+    tar_of(
+        &no_images,
+        &[
+            ("config.dump", config_of(&image).as_bytes()),
+            ("spec.dump", spec),
+        ],
+    );
+    for (archive, code) in [
+        (&not_tar, tonic::Code::InvalidArgument),
+        (&no_spec, tonic::Code::InvalidArgument),
+        (&missing_image, tonic::Code::NotFound),
+        (&no_images, tonic::Code::InvalidArgument),
+    ] {
+        let refused = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config(
+                    &archive.display().to_string(),
+                    "broken",
+                    "exit 1",
+                )),
+                sandbox_config: Some(pod_config(logs.path(), "broken")),
+            })
+            .await
+            .expect_err("a broken checkpoint is refused");
+        assert_eq!(refused.code(), code, "{}: {refused:?}", archive.display());
+        if archive == &no_images {
+            // Refused after the container was made, which was undone.
+            assert!(refused.message().contains("inventory.img"), "{refused:?}");
+        }
+    }
+    let left = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "nothing created: {left:?}");
+    let containers_dir = berthd.dir().join("root").join("containers");
+    assert!(
+        leftovers(&containers_dir, "").is_empty(),
+        "no container directory left in {}",
+        containers_dir.display()
+    );
+    // The name is free again.
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&image, "broken", "sleep 60")),
+            sandbox_config: Some(pod_config(logs.path(), "broken")),
+        })
+        .await
+        .expect("the name is free after the refused restores")
+        .into_inner()
+        .container_id;
+    assert!(!id.is_empty());
+
     support::stop_and_remove_pod(&mut rt, &pod).await;
     support::remove_test_cgroup(&cgroup_parent());
 }
