@@ -158,6 +158,15 @@ async fn capabilities_privileged_and_no_new_privs() {
             "{name}: effective, bounding and ambient capabilities"
         );
         assert_eq!(status_field(&status, "NoNewPrivs"), "0", "{name}");
+        // An ExecSync (a probe) runs with the same capabilities.
+        let exec = pod.sh(&id, "cat /proc/self/status").await;
+        for field in ["CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                status_field(&exec, field),
+                status_field(&status, field),
+                "{name}: {field} of an exec"
+            );
+        }
         ids.push((name, id));
     }
 
@@ -198,8 +207,16 @@ async fn capabilities_privileged_and_no_new_privs() {
     let mut config = pod.container("nnp", &["sleep", "3600"]);
     security(&mut config).no_new_privs = true;
     let nnp = pod.start(config).await;
-    let status = pod.sh(&nnp, "cat /proc/1/status").await;
-    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    let status = pod.sh(&nnp, "cat /proc/1/status /proc/self/status").await;
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("NoNewPrivs:"))
+            .map(|l| l.split_whitespace().last().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["1", "1"],
+        "the container's process and an exec"
+    );
 
     // Refused: a privileged container in a pod that is not, an unknown
     // capability, an AppArmor profile this host cannot apply.
@@ -311,6 +328,8 @@ async fn masked_and_readonly_paths_and_seccomp() {
         let status = pod.sh(&id, "cat /proc/1/status").await;
         let want = if name == "unconfined" { "0" } else { "2" };
         assert_eq!(status_field(&status, "Seccomp"), want, "{name}: mode");
+        let exec = pod.sh(&id, "cat /proc/self/status").await;
+        assert_eq!(status_field(&exec, "Seccomp"), want, "{name}: exec's mode");
         ids.push(id);
     }
     let err = pod.sh_fails(&ids[0], "unshare -U true").await;
