@@ -12,6 +12,8 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::checkpoint_archive::{self as archive, ArchiveError};
@@ -70,6 +72,7 @@ fn criu_binary() -> Option<PathBuf> {
 fn archive_error(e: ArchiveError) -> ContainerError {
     match e {
         ArchiveError::Io { op, path, source } => ContainerError::Io { op, path, source },
+        ArchiveError::Abandoned => ContainerError::Shim(e.to_string()),
     }
 }
 
@@ -89,9 +92,10 @@ impl Drop for WorkDir {
 impl Containers {
     /// CheckpointContainer: dumps running container `id` (full id or
     /// unique prefix) and writes its checkpoint archive at `location`
-    /// (absolute; gzip-compressed when it ends in `.tar.gz` or `.tgz`),
-    /// within `timeout` (zero: [`DEFAULT_CHECKPOINT_TIMEOUT`]). The
-    /// container keeps running.
+    /// (absolute; gzip-compressed when it ends in `.tar.gz` or `.tgz`).
+    /// The dump may take `timeout` (zero: [`DEFAULT_CHECKPOINT_TIMEOUT`]);
+    /// the archive is then written whole, unless the caller gave up first.
+    /// The container keeps running.
     pub async fn checkpoint(
         &self,
         id: &str,
@@ -132,27 +136,41 @@ impl Containers {
                 path: work.0.clone(),
                 source,
             })?;
-        let done = tokio::time::timeout(
-            timeout,
-            self.checkpoint_into(&record, &work.0, &location, timeout),
-        )
-        .await;
-        match done {
-            Ok(result) => result?,
+        let checkpointed_at = SystemTime::now();
+        match tokio::time::timeout(timeout, self.dump(&record, &work.0, timeout)).await {
+            Ok(dumped) => dumped?,
             Err(_) => return Err(ContainerError::Timeout(timeout)),
         }
+        // The archive is written by a blocking task that owns the work
+        // directory: a caller that gives up (its deadline) leaves it to
+        // finish, and it then renames nothing into place.
+        let wanted = Arc::new(AtomicBool::new(true));
+        let _unwanted_when_dropped = Unwanted(wanted.clone());
+        let archived = {
+            let record = record.clone();
+            let location = location.clone();
+            tokio::task::spawn_blocking(move || {
+                let work = work;
+                write_all(&record, &work.0, &location, checkpointed_at, &|| {
+                    wanted.load(Ordering::SeqCst)
+                })
+            })
+        };
+        archived
+            .await
+            .map_err(|e| ContainerError::Shim(format!("checkpoint archive task failed: {e}")))??;
         tracing::info!(container = %record.id, location = %location.display(), "container checkpointed");
         Ok(())
     }
 
-    async fn checkpoint_into(
+    /// Dumps the container's processes into `<work>/checkpoint` through
+    /// its shim; they keep running.
+    async fn dump(
         &self,
         record: &ContainerRecord,
         work: &Path,
-        location: &Path,
         timeout: Duration,
     ) -> Result<(), ContainerError> {
-        let checkpointed_at = SystemTime::now();
         let client = self.client(record).await?;
         let options = CheckpointOptions {
             work_path: Some(work.to_path_buf()),
@@ -171,34 +189,48 @@ impl Containers {
                 ShimClientError::FailedPrecondition(m) => ContainerError::FailedPrecondition(m),
                 ShimClientError::DeadlineExceeded(_) => ContainerError::Timeout(timeout),
                 other => ContainerError::Shim(format!("checkpoint: {other}")),
-            })?;
-        let record = record.clone();
-        let work = work.to_path_buf();
-        let location = location.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            write_metadata(&record, &work, checkpointed_at)?;
-            let upper = upper_dir(&record.dir);
-            let lowerdirs = archive::overlay_lowerdirs(&mountpoint(&record.dir));
-            archive::write_rootfs_diff(&upper, &lowerdirs, &work).map_err(archive_error)?;
-            if !record.log_path.is_empty() {
-                let log = Path::new(&record.log_path);
-                match std::fs::copy(log, work.join(archive::CONTAINER_LOG)) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(ContainerError::Io {
-                            op: "copy",
-                            path: log.to_path_buf(),
-                            source,
-                        });
-                    }
-                }
-            }
-            archive::write_archive(&work, &location).map_err(archive_error)
-        })
-        .await
-        .map_err(|e| ContainerError::Shim(format!("checkpoint archive task failed: {e}")))?
+            })
     }
+}
+
+/// Clears its flag when dropped: the request that wanted the archive is
+/// gone (answered or abandoned).
+struct Unwanted(Arc<AtomicBool>);
+
+impl Drop for Unwanted {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The metadata, the writable layer and the log beside the dump in
+/// `work`, then the archive at `location` if `wanted` still says so.
+fn write_all(
+    record: &ContainerRecord,
+    work: &Path,
+    location: &Path,
+    checkpointed_at: SystemTime,
+    wanted: &dyn Fn() -> bool,
+) -> Result<(), ContainerError> {
+    write_metadata(record, work, checkpointed_at)?;
+    let upper = upper_dir(&record.dir);
+    let lowerdirs = archive::overlay_lowerdirs(&mountpoint(&record.dir));
+    archive::write_rootfs_diff(&upper, &lowerdirs, work).map_err(archive_error)?;
+    if !record.log_path.is_empty() {
+        let log = Path::new(&record.log_path);
+        match std::fs::copy(log, work.join(archive::CONTAINER_LOG)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    op: "copy",
+                    path: log.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    archive::write_archive(work, location, wanted).map_err(archive_error)
 }
 
 /// `config.dump`, `spec.dump` and `status.dump` in the work directory.

@@ -73,6 +73,10 @@ pub enum ArchiveError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The request gave up before the archive was complete; nothing was
+    /// put at its location.
+    #[error("the checkpoint request was abandoned before its archive was complete")]
+    Abandoned,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError {
@@ -227,8 +231,13 @@ fn unescape(field: &str) -> String {
 }
 
 /// Writes the archive of `work` (see the module's layout) at `location`:
-/// into a temporary file beside it, renamed into place when complete.
-pub fn write_archive(work: &Path, location: &Path) -> Result<(), ArchiveError> {
+/// into a temporary file beside it, renamed into place when complete if
+/// `wanted` still says so.
+pub fn write_archive(
+    work: &Path,
+    location: &Path,
+    wanted: &dyn Fn() -> bool,
+) -> Result<(), ArchiveError> {
     for (name, required) in ENTRIES {
         let path = work.join(name);
         if required && !path.exists() {
@@ -246,8 +255,12 @@ pub fn write_archive(work: &Path, location: &Path) -> Result<(), ArchiveError> {
         .unwrap_or_default();
     let suffix = crate::id::random_hex(6).map_err(io("read random bytes for", location))?;
     let temp = parent.join(format!(".{name}.{suffix}.tmp"));
-    let written = write_to(work, &temp, gzipped(location))
-        .and_then(|()| std::fs::rename(&temp, location).map_err(io("rename into", location)));
+    let written = write_to(work, &temp, gzipped(location)).and_then(|()| {
+        if !wanted() {
+            return Err(ArchiveError::Abandoned);
+        }
+        std::fs::rename(&temp, location).map_err(io("rename into", location))
+    });
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
         return written;
@@ -358,7 +371,7 @@ mod tests {
         for (name, gzip) in [("c.tar", false), ("c.tar.gz", true), ("c.TGZ", true)] {
             let location = out.path().join(name);
             assert_eq!(gzipped(&location), gzip);
-            write_archive(work.path(), &location).expect("archive");
+            write_archive(work.path(), &location, &|| true).expect("archive");
             let names = names(&location, gzip);
             for wanted in [
                 CONFIG_DUMP,
@@ -391,12 +404,19 @@ mod tests {
         std::fs::remove_file(work.path().join(SPEC_DUMP)).expect("rm");
         let out = tempfile::tempdir().expect("tempdir");
         let location = out.path().join("c.tar");
-        assert!(write_archive(work.path(), &location).is_err());
+        assert!(write_archive(work.path(), &location, &|| true).is_err());
+        assert_eq!(std::fs::read_dir(out.path()).expect("read").count(), 0);
+        // Complete but no longer wanted: nothing either.
+        let work = work_dir();
+        assert!(matches!(
+            write_archive(work.path(), &location, &|| false),
+            Err(ArchiveError::Abandoned)
+        ));
         assert_eq!(std::fs::read_dir(out.path()).expect("read").count(), 0);
         // A location in a missing directory fails too, and leaves nothing.
         let work = work_dir();
         let missing = out.path().join("nope").join("c.tar");
-        assert!(write_archive(work.path(), &missing).is_err());
+        assert!(write_archive(work.path(), &missing, &|| true).is_err());
         assert_eq!(std::fs::read_dir(out.path()).expect("read").count(), 0);
     }
 
