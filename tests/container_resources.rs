@@ -262,18 +262,20 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
 }
 
 /// A swap limit reaches the cgroup where the node accounts swap (v1
-/// `memory.memsw.limit_in_bytes`, as on this host). berth never writes
-/// one: `Containers::prepare` (src/container/containers.rs) builds every
-/// spec with `swap_limit: false` instead of asking the node, so
-/// memory+swap stays unlimited.
+/// `memory.memsw.limit_in_bytes`); a kernel without swap accounting skips
+/// this test loudly.
 #[tokio::test]
-#[ignore = "bug in src/container/containers.rs: swap_limit is hard-coded false, so memory_swap_limit_in_bytes never reaches memory.memsw.limit_in_bytes"]
 async fn a_swap_limit_reaches_the_cgroup() {
     if !support::root_tests("a_swap_limit_reaches_the_cgroup") {
         return;
     }
     let memsw = std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes");
-    assert!(memsw.exists(), "this host does not account swap");
+    if !memsw.exists() {
+        eprintln!(
+            "\n!!! SKIPPED a_swap_limit_reaches_the_cgroup: this kernel does not account swap !!!\n"
+        );
+        return;
+    }
     let (_registry, image, berthd) = support::berthd_with_busybox("berth/res-swap").await;
     let mut pod = TestPod::run(&berthd, &image, pod_config("res", "swap")).await;
     let mut config = pod.container("swap", &["sleep", "3600"]);

@@ -328,7 +328,7 @@ impl Containers {
             rootfs: &rootfs,
             container_dir: &record.dir,
             cgroup_driver: self.config.cgroup_driver,
-            swap_limit: false,
+            swap_limit: super::resources::swap_supported(),
             target_pid_namespace: None,
         })?;
         let path = record.bundle.join("config.json");

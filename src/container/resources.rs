@@ -31,6 +31,14 @@ struct NodeCgroups {
     v2: bool,
     /// The hugetlb controller is there: hugepage limits can be set.
     hugetlb: bool,
+    /// Swap is accounted (v1 `memory.memsw.*`, v2 `memory.swap.max`):
+    /// swap limits can be set.
+    swap: bool,
+}
+
+/// Whether the node accounts swap, so that swap limits can be set.
+pub fn swap_supported() -> bool {
+    NodeCgroups::get().swap
 }
 
 impl NodeCgroups {
@@ -46,20 +54,40 @@ impl NodeCgroups {
                 v2: true,
                 hugetlb: std::fs::read_to_string(root.join("cgroup.controllers"))
                     .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb")),
+                // The root has no swap files; any cgroup below it does when
+                // swap is accounted.
+                swap: std::fs::read_dir(&root)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.path().join("memory.swap.max").exists()),
+            },
+            Ok(crate::cgroup::Hierarchy::V1(mounts)) => NodeCgroups {
+                v2: false,
+                hugetlb: v1_hugetlb(),
+                swap: mounts
+                    .iter()
+                    .any(|m| m.join("memory.memsw.limit_in_bytes").exists()),
             },
             // `/proc/cgroups`: name, v1 hierarchy id (0 when not mounted),
             // cgroup count, enabled.
-            _ => NodeCgroups {
+            Err(_) => NodeCgroups {
                 v2: false,
-                hugetlb: std::fs::read_to_string("/proc/cgroups").is_ok_and(|text| {
-                    text.lines().any(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        matches!(f.as_slice(), ["hugetlb", h, _, "1"] if *h != "0")
-                    })
-                }),
+                hugetlb: v1_hugetlb(),
+                swap: false,
             },
         }
     }
+}
+
+/// Whether the v1 hugetlb controller is mounted.
+fn v1_hugetlb() -> bool {
+    std::fs::read_to_string("/proc/cgroups").is_ok_and(|text| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            matches!(f.as_slice(), ["hugetlb", h, _, "1"] if *h != "0")
+        })
+    })
 }
 
 /// The resources of the spec; `swap_limit` says whether the node can limit
@@ -259,6 +287,7 @@ mod tests {
         let v2 = NodeCgroups {
             v2: true,
             hugetlb: true,
+            swap: true,
         };
         let out = build_for(Some(&r), true, FIELD, v2).expect("resources");
         let cpu = out.cpu().as_ref().expect("cpu");
@@ -284,6 +313,7 @@ mod tests {
         let v1 = NodeCgroups {
             v2: false,
             hugetlb: false,
+            swap: false,
         };
         let huge = cri::LinuxContainerResources {
             hugepage_limits: vec![cri::HugepageLimit {
