@@ -129,6 +129,26 @@ fn layers_are_idmapped_for_a_pod_user_namespace() {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     assert!(!mounts.contains(&dir.display().to_string()), "left mounted");
 
+    // An idmapped layer a crash left attached is detached with the rootfs,
+    // so removing the container dir cannot reach into the shared layer.
+    let stale = dir.join("idmapped/0");
+    std::fs::create_dir_all(&stale).expect("stale dir");
+    let status = std::process::Command::new(support::require_binary("mount"))
+        .args(["--bind"])
+        .arg(&base)
+        .arg(&stale)
+        .status()
+        .expect("mount --bind");
+    assert!(status.success());
+    unmount_rootfs(&dir).expect("unmount with a stale layer");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(&stale.display().to_string()),
+        "stale layer"
+    );
+    std::fs::remove_dir_all(&dir).expect("remove the container dir");
+    assert!(base.join("etc/passwd").exists(), "the layer is untouched");
+
     // A user namespace that is not there fails cleanly, leaving nothing
     // mounted.
     let dir2 = tmp.path().join("containers/c2");

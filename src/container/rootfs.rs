@@ -180,14 +180,20 @@ pub fn mount_rootfs(
     Ok(target)
 }
 
-/// Unmounts the root filesystem if it is mounted; what is not mounted is
-/// fine.
+/// Unmounts the root filesystem if it is mounted, and idmapped layers a
+/// crash left under `<dir>/idmapped` (removing the container dir must never
+/// reach into a shared layer through one); what is not mounted is fine.
 pub fn unmount_rootfs(dir: &Path) -> Result<(), RootfsError> {
-    let target = mountpoint(dir);
-    match umount2(&target, MntFlags::MNT_DETACH) {
+    let detach = |target: &Path| match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(io("unmount", &target)(e.into())),
+        Err(e) => Err(io("unmount", target)(e.into())),
+    };
+    if let Ok(layers) = std::fs::read_dir(dir.join("idmapped")) {
+        for layer in layers.flatten() {
+            detach(&layer.path())?;
+        }
     }
+    detach(&mountpoint(dir))
 }
 
 #[cfg(test)]
