@@ -359,9 +359,8 @@ async fn unreachable_mount_sources_and_devices_are_refused() {
         "dangling",
         vec![mount("/data", &dangling)],
         vec![],
-        // The code is wrong today: a_dangling_mount_source_is_not_found.
-        None,
-        &[&dangling_text, "No such file or directory"],
+        Some(Code::NotFound),
+        &[&dangling_text, "dangling symlink"],
     )
     .await;
     refuse(
@@ -443,12 +442,8 @@ async fn unreachable_mount_sources_and_devices_are_refused() {
 }
 
 /// A host path whose symlink leads nowhere names a missing object:
-/// NotFound, naming the field, as DESIGN.md section 2 asks. berth answers
-/// Internal, `resolve <path>: No such file or directory (os error 2)`,
-/// without the field: `cri_mount` in src/container/mounts.rs maps the
-/// error of `std::fs::canonicalize(host)` with `io("resolve", host)`.
+/// NotFound, naming the field.
 #[tokio::test]
-#[ignore = "bug in src/container/mounts.rs (owned by the user-namespace work): an unresolvable host_path answers Internal without naming config.mounts[i].host_path"]
 async fn a_dangling_mount_source_is_not_found() {
     if !support::root_tests("a_dangling_mount_source_is_not_found") {
         return;
@@ -474,10 +469,7 @@ async fn a_dangling_mount_source_is_not_found() {
 
 /// A refused CreateContainer leaves nothing behind, on the host either:
 /// a missing source is only created once the whole config is accepted.
-/// berth creates it while it walks the mounts (`cri_mount` in
-/// src/container/mounts.rs), so a later mount's error leaves the directory.
 #[tokio::test]
-#[ignore = "bug in src/container/mounts.rs (owned by the user-namespace work): a refused CreateContainer leaves the missing mount sources it created"]
 async fn a_refused_create_leaves_no_created_source() {
     if !support::root_tests("a_refused_create_leaves_no_created_source") {
         return;

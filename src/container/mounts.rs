@@ -34,6 +34,30 @@ pub struct Mounts {
     pub mounts: Vec<Mount>,
     /// `rslave` or `rshared` when a mount propagates from or to the host.
     pub rootfs_propagation: Option<String>,
+    /// Missing host paths to create as directories, once the whole spec
+    /// is known to be valid ([`Mounts::create_missing_sources`]).
+    missing: Vec<PathBuf>,
+}
+
+impl Mounts {
+    /// Creates the missing sources of CRI mounts as directories (like
+    /// containerd and Docker: the kubelet's hostPath type "" means exactly
+    /// that) and points their mounts at the resolved paths. Called last, so
+    /// a refused request creates nothing on the host.
+    pub fn create_missing_sources(&mut self) -> Result<(), SpecError> {
+        for host in std::mem::take(&mut self.missing) {
+            std::fs::create_dir_all(&host).map_err(io("create", &host))?;
+            let resolved = std::fs::canonicalize(&host).map_err(io("resolve", &host))?;
+            for m in self
+                .mounts
+                .iter_mut()
+                .filter(|m| m.source().as_deref() == Some(host.as_path()))
+            {
+                m.set_source(Some(resolved.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The mounts of the spec.
@@ -48,9 +72,11 @@ pub fn build(input: &SpecInput<'_>, privileged: bool) -> Result<Mounts, SpecErro
     let mut rootfs_propagation: Option<&str> = None;
     let mut cri_mounts = Vec::new();
     let mut destinations = Vec::new();
+    let mut missing = Vec::new();
     let userns = input.sandbox.user_namespace.as_ref();
     for (i, m) in config.mounts.iter().enumerate() {
-        let mount = cri_mount(i, m, &mut rootfs_propagation, userns)?;
+        let (mount, absent) = cri_mount(i, m, &mut rootfs_propagation, userns)?;
+        missing.extend(absent);
         if destinations.contains(mount.destination()) {
             return Err(invalid(
                 format!("config.mounts[{i}].container_path"),
@@ -122,6 +148,7 @@ pub fn build(input: &SpecInput<'_>, privileged: bool) -> Result<Mounts, SpecErro
     Ok(Mounts {
         mounts,
         rootfs_propagation: rootfs_propagation.map(String::from),
+        missing,
     })
 }
 
@@ -131,7 +158,7 @@ fn cri_mount(
     m: &cri::Mount,
     rootfs_propagation: &mut Option<&'static str>,
     userns: Option<&UserNamespace>,
-) -> Result<Mount, SpecError> {
+) -> Result<(Mount, Option<PathBuf>), SpecError> {
     let field = |name: &str| format!("config.mounts[{i}].{name}");
     let dest = clean(&m.container_path)
         .filter(|p| p.is_absolute() && p != Path::new("/"))
@@ -176,12 +203,26 @@ fn cri_mount(
             format!("{} is not an absolute path", quoted(&m.host_path)),
         ));
     }
-    // Like containerd and Docker: a missing source is created as a
-    // directory (the kubelet's hostPath type "" means exactly that).
-    if std::fs::symlink_metadata(host).is_err() {
-        std::fs::create_dir_all(host).map_err(io("create", host))?;
-    }
-    let source = std::fs::canonicalize(host).map_err(io("resolve", host))?;
+    // A missing source is created as a directory, but only once the whole
+    // request is valid (`Mounts::create_missing_sources`); a symlink to
+    // nothing is an error.
+    let (source, absent) = match std::fs::symlink_metadata(host) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let path = clean(&m.host_path).unwrap_or_else(|| host.to_path_buf());
+            (path.clone(), Some(path))
+        }
+        _ => match std::fs::canonicalize(host) {
+            Ok(source) => (source, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SpecError::NotFound(format!(
+                    "{}: {} leads to nothing (a dangling symlink)",
+                    field("host_path"),
+                    quoted(&m.host_path)
+                )));
+            }
+            Err(e) => return Err(io("resolve", host)(e)),
+        },
+    };
 
     let propagation = match cri::MountPropagation::try_from(m.propagation) {
         Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
@@ -223,7 +264,7 @@ fn cri_mount(
         mount.set_uid_mappings(Some(uids));
         mount.set_gid_mappings(Some(gids));
     }
-    Ok(mount)
+    Ok((mount, absent))
 }
 
 /// Idmaps a bind mount with the pod's mappings, when it has a user

@@ -132,7 +132,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
 
     let security = security::build(sc, privileged)?;
     let process = process::build(input, &security)?;
-    let mounts = mounts::build(input, privileged)?;
+    let mut mounts = mounts::build(input, privileged)?;
     let devices = devices::build(&config.devices, privileged)?;
     let mut resources = resources::build(
         config.linux.as_ref().and_then(|l| l.resources.as_ref()),
@@ -166,7 +166,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .sysctl(sysctl)
         .build()?;
     linux.set_seccomp(security.seccomp);
-    linux.set_rootfs_propagation(mounts.rootfs_propagation);
+    linux.set_rootfs_propagation(mounts.rootfs_propagation.clone());
 
     let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
     let root = RootBuilder::default()
@@ -180,6 +180,8 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     spec.set_domainname(None);
     spec.set_root(Some(root));
     spec.set_process(Some(process));
+    // Last: nothing is created on the host for a refused request.
+    mounts.create_missing_sources()?;
     spec.set_mounts(Some(mounts.mounts));
     spec.set_linux(Some(linux));
     spec.set_annotations(Some(spec_annotations(input)));
