@@ -211,6 +211,15 @@ async fn run_inspect_list_stop_remove() {
 
     let (st, info) = status(&mut rt, &id).await;
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    // No user namespace asked: the node's, reported as NODE.
+    let userns = st
+        .linux
+        .as_ref()
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .and_then(|o| o.userns_options.as_ref())
+        .map(|u| u.mode);
+    assert_eq!(userns, Some(NamespaceMode::Node as i32));
     let ip = st
         .network
         .as_ref()

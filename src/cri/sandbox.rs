@@ -20,6 +20,27 @@ pub(super) fn metadata(record: &SandboxRecord) -> cri::PodSandboxMetadata {
     }
 }
 
+/// The pod's user namespace as the CRI reports it: POD with its mappings,
+/// else NODE.
+fn userns(record: &SandboxRecord) -> cri::UserNamespace {
+    let mapping = |m: &crate::sandbox::IdMapping| cri::IdMapping {
+        host_id: m.host_id,
+        container_id: m.container_id,
+        length: m.length,
+    };
+    match &record.user_namespace {
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![mapping(&u.uid)],
+            gids: vec![mapping(&u.gid)],
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+    }
+}
+
 fn mode(mode: NamespaceMode) -> i32 {
     match mode {
         NamespaceMode::Pod => cri::NamespaceMode::Pod as i32,
@@ -65,6 +86,7 @@ pub fn status(record: &SandboxRecord) -> cri::PodSandboxStatus {
                     network: mode(record.namespaces.network),
                     pid: mode(record.namespaces.pid),
                     ipc: mode(record.namespaces.ipc),
+                    userns_options: Some(userns(record)),
                     ..Default::default()
                 }),
             }),
