@@ -19,19 +19,12 @@
 #[allow(missing_docs)]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use berth_cri_proto::v1::image_service_client::ImageServiceClient;
 use berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use berth_cri_proto::v1::*;
 use tonic::transport::Channel;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pod_config(i: usize) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -100,23 +93,8 @@ async fn populate(
 
 async fn clean(rt: &mut RuntimeServiceClient<Channel>, pods: &[String]) {
     for pod in pods {
-        let _ = rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await;
+        support::cri::remove_pod_quietly(rt, pod).await;
     }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> String {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    format!("{:.1}", samples[i].as_secs_f64() * 1000.0)
 }
 
 /// Times `calls` calls of `call` after one warm-up; "p50 / p99".
@@ -135,8 +113,8 @@ where
     }
     format!(
         "{} / {} ({count} items)",
-        percentile(&mut samples, 0.5),
-        percentile(&mut samples, 0.99)
+        support::cri::percentile_ms(&mut samples, 0.5),
+        support::cri::percentile_ms(&mut samples, 0.99)
     )
 }
 
@@ -150,9 +128,9 @@ async fn main() {
         return;
     };
     let (pods, per, calls) = (
-        env("BENCH_PODS", 100),
-        env("BENCH_CONTAINERS", 5),
-        env("BENCH_CALLS", 20),
+        support::cri::env_usize("BENCH_PODS", 100),
+        support::cri::env_usize("BENCH_CONTAINERS", 5),
+        support::cri::env_usize("BENCH_CALLS", 20),
     );
     println!(
         "| runtime ({} containers in {pods} pods) | ListContainers p50 / p99 (ms) | ListContainerStats | ListPodSandboxStats |",

@@ -124,29 +124,7 @@ async fn remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
             .remove_container(RemoveContainerRequest { container_id: c.id })
             .await;
     }
-    let _ = rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await;
-    let _ = rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await;
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> String {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    format!("{:.1}", samples[i].as_secs_f64() * 1000.0)
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    support::cri::remove_pod_quietly(rt, id).await;
 }
 
 #[tokio::main]
@@ -155,9 +133,9 @@ async fn main() {
         return;
     };
     let (pods, parallel, rounds) = (
-        env("BENCH_PODS", 50),
-        env("BENCH_PARALLEL", 20),
-        env("BENCH_ROUNDS", 3),
+        support::cri::env_usize("BENCH_PODS", 50),
+        support::cri::env_usize("BENCH_PARALLEL", 20),
+        support::cri::env_usize("BENCH_ROUNDS", 3),
     );
     let image = std::env::var("BENCH_IMAGE").ok().filter(|i| !i.is_empty());
     let mut spans = vec![("RunPodSandbox", None)];
@@ -224,11 +202,11 @@ async fn main() {
             }
             println!(
                 "| {name} | {} / {} | {} / {} | {} |",
-                percentile(&mut serial, 0.5),
-                percentile(&mut serial, 0.99),
-                percentile(&mut concurrent, 0.5),
-                percentile(&mut concurrent, 0.99),
-                percentile(&mut walls, 0.5),
+                support::cri::percentile_ms(&mut serial, 0.5),
+                support::cri::percentile_ms(&mut serial, 0.99),
+                support::cri::percentile_ms(&mut concurrent, 0.5),
+                support::cri::percentile_ms(&mut concurrent, 0.99),
+                support::cri::percentile_ms(&mut walls, 0.5),
             );
         }
     }

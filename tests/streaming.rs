@@ -129,6 +129,19 @@ fn pids(pattern: &str) -> Vec<i32> {
         .collect()
 }
 
+/// A v4 SPDY session on `url` with one stream per kind, in order; returns
+/// the client and the stream ids.
+async fn v4_session(url: &str, kinds: &[&str]) -> (SpdyClient, Vec<u32>) {
+    let up = spdy_upgrade(url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(up.status, 101, "{up:?}");
+    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
+    let mut ids = Vec::new();
+    for kind in kinds {
+        ids.push(spdy.open(&[("streamType", kind)]).await);
+    }
+    (spdy, ids)
+}
+
 fn status_of(error: &[u8]) -> serde_json::Value {
     serde_json::from_slice(error)
         .unwrap_or_else(|e| panic!("status JSON {:?}: {e}", String::from_utf8_lossy(error)))
@@ -219,12 +232,10 @@ async fn exec_attach_and_port_forward() {
 
     // 2. stdin through `cat`, closed by FIN; success status.
     let url = exec_url(&mut rt, &sleeper, &["cat"], (true, false)).await;
-    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
-    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
-    let error = spdy.open(&[("streamType", "error")]).await;
-    let stdin = spdy.open(&[("streamType", "stdin")]).await;
-    let stdout = spdy.open(&[("streamType", "stdout")]).await;
-    let stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let (mut spdy, ids) = v4_session(&url, &["error", "stdin", "stdout", "stderr"]).await;
+    let [error, stdin, stdout, stderr] = ids[..] else {
+        panic!("4 streams")
+    };
     let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     for chunk in big.chunks(32 * 1024) {
         spdy.send(stdin, chunk, false);
@@ -243,12 +254,10 @@ async fn exec_attach_and_port_forward() {
         (true, true),
     )
     .await;
-    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
-    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
-    let error = spdy.open(&[("streamType", "error")]).await;
-    let stdin = spdy.open(&[("streamType", "stdin")]).await;
-    let stdout = spdy.open(&[("streamType", "stdout")]).await;
-    let resize = spdy.open(&[("streamType", "resize")]).await;
+    let (mut spdy, ids) = v4_session(&url, &["error", "stdin", "stdout", "resize"]).await;
+    let [error, stdin, stdout, resize] = ids[..] else {
+        panic!("4 streams")
+    };
     spdy.send(resize, br#"{"Width":100,"Height":40}"#, false);
     tokio::time::sleep(Duration::from_millis(200)).await;
     spdy.send(stdin, b"go\n", false);
@@ -266,11 +275,10 @@ async fn exec_attach_and_port_forward() {
         (false, false),
     )
     .await;
-    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
-    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
-    let error = spdy.open(&[("streamType", "error")]).await;
-    let stdout = spdy.open(&[("streamType", "stdout")]).await;
-    let stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let (mut spdy, ids) = v4_session(&url, &["error", "stdout", "stderr"]).await;
+    let [error, stdout, stderr] = ids[..] else {
+        panic!("3 streams")
+    };
     let got = spdy.read_until_ended(&[stdout, stderr, error]).await;
     assert_eq!(got[0], b"started\n");
     assert_eq!(status_of(&got[2])["status"], "Success");
@@ -282,12 +290,10 @@ async fn exec_attach_and_port_forward() {
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", shim_pid[0])).map_or(0, |d| d.count());
     let before = fds();
     let url = exec_url(&mut rt, &sleeper, &["sleep", "3603"], (true, false)).await;
-    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
-    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
-    let _error = spdy.open(&[("streamType", "error")]).await;
-    let _stdin = spdy.open(&[("streamType", "stdin")]).await;
-    let _stdout = spdy.open(&[("streamType", "stdout")]).await;
-    let _stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let (spdy, ids) = v4_session(&url, &["error", "stdin", "stdout", "stderr"]).await;
+    let [_error, _stdin, _stdout, _stderr] = ids[..] else {
+        panic!("4 streams")
+    };
     let mut started = false;
     for _ in 0..200 {
         if !pids("sleep 3603").is_empty() {
@@ -360,12 +366,10 @@ async fn exec_attach_and_port_forward() {
         .expect("Attach")
         .into_inner()
         .url;
-    let up = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await;
-    let mut spdy = SpdyClient::new(up.stream.expect("upgraded"));
-    let _error = spdy.open(&[("streamType", "error")]).await;
-    let stdin = spdy.open(&[("streamType", "stdin")]).await;
-    let stdout = spdy.open(&[("streamType", "stdout")]).await;
-    let _stderr = spdy.open(&[("streamType", "stderr")]).await;
+    let (mut spdy, ids) = v4_session(&url, &["error", "stdin", "stdout", "stderr"]).await;
+    let [_error, stdin, stdout, _stderr] = ids[..] else {
+        panic!("4 streams")
+    };
     spdy.send(stdin, b"hello\n", false);
     spdy.read_until_contains(stdout, b"got hello").await;
     drop(spdy);

@@ -37,3 +37,37 @@ pub fn endpoints_from_args(bench: &str) -> Option<Vec<(String, String)>> {
     }
     Some(endpoints)
 }
+
+/// The `p` quantile (0..=1) of `samples`, in milliseconds with one
+/// decimal (benchmarks).
+pub fn percentile_ms(samples: &mut [std::time::Duration], p: f64) -> String {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    format!("{:.1}", samples[i].as_secs_f64() * 1000.0)
+}
+
+/// A number from the environment variable `name`, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Stops and removes pod `id`, ignoring errors (benchmark clean-up; the
+/// pod's containers go with it).
+pub async fn remove_pod_quietly(
+    rt: &mut berth_cri_proto::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    id: &str,
+) {
+    let _ = rt
+        .stop_pod_sandbox(berth_cri_proto::v1::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await;
+    let _ = rt
+        .remove_pod_sandbox(berth_cri_proto::v1::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await;
+}
