@@ -177,6 +177,7 @@ async fn user_namespace_requests_are_refused_naming_the_field() {
         .into_inner()
         .pod_sandbox_id;
     support::stop_and_remove_pod(&mut rt, &id).await;
+    support::remove_test_cgroup(&format!("berth-userns-{}-node", std::process::id()));
 }
 
 #[tokio::test]

@@ -113,13 +113,32 @@ pub fn remove_unused_portmap_chains() {
 /// Removes the (empty) cgroup `name` directly under every mounted
 /// hierarchy: the cgroup parents tests give their pods.
 pub fn remove_test_cgroup(name: &str) {
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+    // A pod's cgroup can outlive RemovePodSandbox by a moment (its last
+    // process being reaped): retry, removing empty children first.
+    fn remove_tree(dir: &std::path::Path) {
+        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&child.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let _ = std::fs::remove_dir(hierarchy.path().join(name));
+        .map(|h| h.path().join(name))
+        .collect();
+    for _ in 0..100 {
+        for dir in &dirs {
+            remove_tree(dir);
+        }
+        if dirs.iter().all(|d| !d.exists()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    eprintln!("test cgroup {name} could not be removed");
 }
 
 /// A registry on loopback serving a busybox image `<repo>:v1`, and a berthd
