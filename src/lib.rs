@@ -11,6 +11,8 @@
 
 /// cgroups of pods: create, join, remove; v1 and v2.
 pub mod cgroup;
+/// CRI timestamps: nanoseconds since the epoch.
+pub mod clock;
 /// Configuration: defaults, the TOML file, validation.
 pub mod config;
 /// Containers: the OCI runtime spec built from the CRI and image configs.

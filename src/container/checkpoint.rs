@@ -20,6 +20,7 @@ use super::checkpoint_archive::{self as archive, ArchiveError};
 use super::containers::{ContainerError, Containers};
 use super::record::{ContainerRecord, ContainerState};
 use super::rootfs::{mountpoint, upper_dir};
+use crate::clock::unix_nanos;
 use crate::shim_client::{CheckpointOptions, ShimClientError};
 
 /// How long a checkpoint may take when the request names no timeout.
@@ -268,12 +269,6 @@ fn rfc3339(nanos: i64) -> String {
     humantime::format_rfc3339_nanos(at).to_string()
 }
 
-fn nanos(at: SystemTime) -> i64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// checkpointctl's `ContainerConfig` (without `runtime`: the record does
 /// not know the pod's handler, and the field is optional).
 fn config_dump(record: &ContainerRecord, checkpointed_at: SystemTime) -> serde_json::Value {
@@ -284,7 +279,7 @@ fn config_dump(record: &ContainerRecord, checkpointed_at: SystemTime) -> serde_j
         "rootfsImageRef": record.image_ref,
         "rootfsImageName": record.image,
         "createdTime": rfc3339(record.created_at),
-        "checkpointedTime": rfc3339(nanos(checkpointed_at)),
+        "checkpointedTime": rfc3339(unix_nanos(checkpointed_at)),
         "restoredTime": "0001-01-01T00:00:00Z",
         "restored": false,
     })

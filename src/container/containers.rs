@@ -251,7 +251,7 @@ impl Containers {
                     propagation: m.propagation,
                 })
                 .collect(),
-            created_at: crate::image::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             started_at: 0,
             finished_at: 0,
             exit_code: 0,

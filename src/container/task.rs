@@ -7,11 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::containers::{ContainerError, Containers, Entry};
 use super::mounts::{TERMINATION_LOG, TERMINATION_MESSAGE_PATH};
 use super::record::{ContainerRecord, ContainerState};
+use crate::clock::unix_nanos;
 use crate::events::{Lifecycle, LifecycleBus};
 use crate::shim_client::{self, CreateTask, ShimClient, TaskExit, TaskOptions, TaskStatus};
 use crate::store::{Store, Table};
@@ -30,12 +31,6 @@ pub(super) fn shim_error(e: shim_client::ShimClientError) -> ContainerError {
     ContainerError::Shim(e.to_string())
 }
 
-fn nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Where exits are recorded: the store, and the lifecycle bus that tells
 /// GetContainerEvents subscribers.
 #[derive(Clone)]
@@ -48,18 +43,19 @@ pub(super) struct Recorder {
 /// waiter, the event and recovery to get here records it, the others find
 /// it exited.
 fn record_exit(rec: &Recorder, entry: &Entry, exit: &TaskExit) {
+    // Whichever path reports the exit, the shim's exit file (written before
+    // any report) says whether the OOM killer struck.
+    let exit = &shim_client::with_exit_file(*exit, &shim_dir(&entry.record()));
     let recorded = entry.update(|record| {
         if record.state == ContainerState::Exited {
             return false;
         }
         record.state = ContainerState::Exited;
         record.exit_code = i32::try_from(exit.exit_status).unwrap_or(i32::MAX);
-        record.finished_at = nanos(exit.exited_at);
+        record.finished_at = unix_nanos(exit.exited_at);
         record.reason = if exit.exit_status == 0 {
             "Completed"
-        } else if exit.oom_killed
-            || (exit.exit_status == 128 + nix::libc::SIGKILL as u32 && oom_killed(&record.cgroup))
-        {
+        } else if exit.oom_killed {
             "OOMKilled"
         } else {
             "Error"
@@ -109,26 +105,6 @@ fn termination_message(record: &ContainerRecord) -> Option<String> {
         .read_to_end(&mut bytes)
         .ok()?;
     (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Whether the kernel's OOM killer killed a process of the cgroup
-/// (`oom_kill` in v1's `memory.oom_control`, v2's `memory.events`).
-fn oom_killed(cgroup: &str) -> bool {
-    if cgroup.is_empty() {
-        return false;
-    }
-    let Ok(dirs) = crate::cgroup::Hierarchy::detect().and_then(|h| h.dirs(cgroup)) else {
-        return false;
-    };
-    dirs.iter().any(|dir| {
-        ["memory.oom_control", "memory.events"].iter().any(|file| {
-            std::fs::read_to_string(dir.join(file))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.strip_prefix("oom_kill "))
-                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
-        })
-    })
 }
 
 /// Waits for the task's exit through `client` and records it.
@@ -238,7 +214,7 @@ impl Containers {
         }
         super::checkpoint_restore::forget_images(&record);
         record.state = ContainerState::Running;
-        record.started_at = crate::image::now_nanos();
+        record.started_at = crate::clock::now_nanos();
         record.shim_address = Some(client.address().to_string());
         self.store.put(Table::Containers, &record.id, &record)?;
         entry.set(record.clone());
@@ -346,13 +322,7 @@ impl Containers {
             && entry.record().id == id
             && entry.record().state == ContainerState::Running
         {
-            // The exit file (written before the event) also says whether
-            // the OOM killer struck.
-            let recorded = shim_client::read_exit_file(&shim_dir(&entry.record()))
-                .ok()
-                .flatten()
-                .filter(|r| (r.exit_status, r.exited_at) == (exit.exit_status, exit.exited_at));
-            record_exit(&self.recorder(), &entry, recorded.as_ref().unwrap_or(exit));
+            record_exit(&self.recorder(), &entry, exit);
         }
     }
 

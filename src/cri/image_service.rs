@@ -107,7 +107,7 @@ impl ImageService for ImageApi {
                 .await
                 .map_err(IntoStatus::into_status)?;
             let usage = FilesystemUsage {
-                timestamp: crate::image::now_nanos(),
+                timestamp: crate::clock::now_nanos(),
                 fs_id: Some(FilesystemIdentifier {
                     mountpoint: fs.mountpoint.display().to_string(),
                 }),

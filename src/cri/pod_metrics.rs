@@ -11,10 +11,11 @@
 //! carries whole numbers, so cumulative CPU time is whole seconds, as
 //! containerd sends it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use berth_cri_proto::v1 as cri;
 
+use crate::clock::unix_nanos;
 use crate::container::ContainerRecord;
 use crate::daemon::{ContainerSample, PodSample};
 
@@ -230,12 +231,6 @@ pub fn descriptors() -> Vec<cri::MetricDescriptor> {
         .collect()
 }
 
-fn nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Metrics with one set of label values and one timestamp.
 struct Batch<'a> {
     out: &'a mut Vec<cri::Metric>,
@@ -288,7 +283,7 @@ pub fn pod(sample: &PodSample, now: SystemTime) -> cri::PodSandboxMetrics {
         let mut batch = Batch {
             out: &mut metrics,
             labels: pod_labels("", &record.id, ""),
-            timestamp: nanos(network.timestamp),
+            timestamp: unix_nanos(network.timestamp),
         };
         for i in &network.interfaces {
             let name = [i.name.as_str()];
@@ -324,13 +319,13 @@ fn container(
     now: SystemTime,
 ) -> cri::ContainerMetrics {
     let mut metrics = Vec::new();
-    let now_ns = nanos(now);
+    let now_ns = unix_nanos(now);
     if let Some(cg) = &sample.cgroup {
         let m = &cg.memory;
         let mut batch = Batch {
             out: &mut metrics,
             labels: labels.clone(),
-            timestamp: nanos(cg.timestamp),
+            timestamp: unix_nanos(cg.timestamp),
         };
         batch.push(
             CPU_USAGE,
@@ -353,7 +348,7 @@ fn container(
         let mut batch = Batch {
             out: &mut metrics,
             labels: labels.clone(),
-            timestamp: nanos(disk.measured_at),
+            timestamp: unix_nanos(disk.measured_at),
         };
         batch.push(
             FS_USAGE,

@@ -192,7 +192,7 @@ impl RuntimeService for RuntimeApi {
                 containers_statuses: pod_container_statuses(&self.daemon, &record.id),
                 status: Some(sandbox::status(&record)),
                 info,
-                timestamp: crate::image::now_nanos(),
+                timestamp: crate::clock::now_nanos(),
             })
         })
         .await

@@ -1,20 +1,15 @@
 //! Stats samples as the CRI reports them: figures the kernel does not give
 //! stay unset rather than zero.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use berth_cri_proto::v1 as cri;
 
+use crate::clock::unix_nanos;
 use crate::container::ContainerFilter;
 use crate::daemon::{ContainerSample, PodSample};
 use crate::sandbox::{SandboxFilter, SandboxState};
 use crate::stats::{CgroupStats, Pressure, PressureLine};
-
-fn nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
@@ -47,7 +42,7 @@ fn usage(
     cri::SwapUsage,
     cri::IoUsage,
 ) {
-    let timestamp = cgroup.map_or(at, |c| nanos(c.timestamp));
+    let timestamp = cgroup.map_or(at, |c| unix_nanos(c.timestamp));
     let cpu = cri::CpuUsage {
         timestamp,
         usage_core_nano_seconds: value(cgroup.and_then(|c| c.cpu.usage_core_ns)),
@@ -79,7 +74,7 @@ fn usage(
 
 /// A container's ContainerStats.
 pub fn container(sample: &ContainerSample) -> cri::ContainerStats {
-    let now = nanos(SystemTime::now());
+    let now = unix_nanos(SystemTime::now());
     let record = &sample.record;
     let (cpu, memory, swap, io) = usage(sample.cgroup.as_ref(), sample.nano_cores, now);
     cri::ContainerStats {
@@ -92,7 +87,7 @@ pub fn container(sample: &ContainerSample) -> cri::ContainerStats {
         cpu: Some(cpu),
         memory: Some(memory),
         writable_layer: sample.disk.as_ref().map(|d| cri::FilesystemUsage {
-            timestamp: nanos(d.measured_at),
+            timestamp: unix_nanos(d.measured_at),
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: sample.layers_mountpoint.clone(),
             }),
@@ -106,7 +101,7 @@ pub fn container(sample: &ContainerSample) -> cri::ContainerStats {
 
 /// A pod's PodSandboxStats.
 pub fn pod(sample: &PodSample) -> cri::PodSandboxStats {
-    let now = nanos(SystemTime::now());
+    let now = unix_nanos(SystemTime::now());
     let record = &sample.record;
     let (cpu, memory, _, io) = usage(sample.cgroup.as_ref(), sample.nano_cores, now);
     let interface = |i: &crate::stats::InterfaceStats| cri::NetworkInterfaceUsage {
@@ -127,12 +122,15 @@ pub fn pod(sample: &PodSample) -> cri::PodSandboxStats {
             cpu: Some(cpu),
             memory: Some(memory),
             network: sample.network.as_ref().map(|n| cri::NetworkUsage {
-                timestamp: nanos(n.timestamp),
+                timestamp: unix_nanos(n.timestamp),
                 default_interface: n.default_interface().map(interface),
                 interfaces: n.interfaces.iter().map(interface).collect(),
             }),
             process: Some(cri::ProcessUsage {
-                timestamp: sample.cgroup.as_ref().map_or(now, |c| nanos(c.timestamp)),
+                timestamp: sample
+                    .cgroup
+                    .as_ref()
+                    .map_or(now, |c| unix_nanos(c.timestamp)),
                 process_count: value(sample.cgroup.as_ref().and_then(|c| c.process_count)),
             }),
             containers: sample.containers.iter().map(container).collect(),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use containerd_shim_protos::events::task;
 use containerd_shim_protos::protobuf::Message;
@@ -279,10 +279,7 @@ impl LifecycleBus {
 
     /// Publishes a change of `id` (in `sandbox_id`) that happened now.
     pub fn publish(&self, id: &str, sandbox_id: &str, kind: Lifecycle) {
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let at = crate::clock::now_nanos();
         let _ = self.sender.send(LifecycleEvent {
             id: id.to_string(),
             sandbox_id: sandbox_id.to_string(),
@@ -365,7 +362,7 @@ mod tests {
     use super::*;
     use containerd_shim_protos::protobuf::MessageField;
     use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn any<M: Message>(name: &str, message: &M) -> Any {
         let mut any = Any::new();

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use catalog::{Catalog, name_key};
-pub use pull::{Pulled, now_nanos};
+pub use pull::Pulled;
 pub use record::{ImageConfig, ImageRecord, ImageUser};
 
 use crate::config::Config;

@@ -2,7 +2,7 @@
 //! every missing layer from the registry straight into the unpacker (layers
 //! in parallel), then record the image.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use futures_util::future::try_join_all;
 
@@ -101,7 +101,7 @@ impl Images {
             size: resolved.config.size + resolved.layers.iter().map(|l| l.size).sum::<u64>(),
             config,
             pinned: false,
-            pulled_at: now_nanos(),
+            pulled_at: crate::clock::now_nanos(),
         };
         let outcome = self.catalog.commit(record.clone(), |_| false)?;
         let record = self.catalog.get(&record.id).unwrap_or(record);
@@ -203,12 +203,4 @@ async fn store_blob(
         })?;
     writer.commit().await?;
     Ok(())
-}
-
-/// Now, in nanoseconds since the epoch (the CRI's timestamps).
-pub fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -48,7 +48,7 @@ impl Sandboxes {
             sysctls: spec.sysctls,
             privileged: spec.privileged,
             runtime_handler: handler.to_string(),
-            created_at: crate::image::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             state: SandboxState::NotReady,
             pause: None,
             shim_address: None,

@@ -390,6 +390,13 @@ const LINUX_RESOURCES_TYPE: &str =
 
 /// `exit` with `oom_killed` from `recorded` when `recorded` is the same
 /// exit (the file of an earlier task in the same state dir is not).
+/// `exit` as the Task API reported it, completed with what the shim wrote
+/// in `state_dir`'s exit file for the same exit (whether the OOM killer
+/// struck); unchanged when there is no such record.
+pub fn with_exit_file(exit: TaskExit, state_dir: &Path) -> TaskExit {
+    with_recorded_oom(exit, read_exit_file(state_dir).ok().flatten())
+}
+
 fn with_recorded_oom(exit: TaskExit, recorded: Option<TaskExit>) -> TaskExit {
     match recorded {
         Some(r) if (r.exit_status, r.exited_at) == (exit.exit_status, exit.exited_at) => TaskExit {
