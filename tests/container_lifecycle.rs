@@ -18,19 +18,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 fn pod_config(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/berth-ctest-{}-{name}", std::process::id()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    support::container::pod_config("ctest", name)
 }
 
 fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {

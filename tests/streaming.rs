@@ -17,19 +17,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 fn pod_config(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/berth-stest-{}", std::process::id()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    support::container::pod_config("stest", name)
 }
 
 async fn run_container(
@@ -445,5 +433,5 @@ async fn exec_attach_and_port_forward() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     support::stop_and_remove_pod(&mut rt, &pod).await;
-    support::remove_test_cgroup(&format!("berth-stest-{}", std::process::id()));
+    support::remove_test_cgroup(&format!("berth-stest-{}-stream", std::process::id()));
 }

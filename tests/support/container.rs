@@ -127,8 +127,8 @@ impl TestPod {
             .map(|r| r.into_inner().container_id)
     }
 
-    /// Creates and starts a container, and waits until it runs.
-    pub async fn start(&mut self, config: ContainerConfig) -> String {
+    /// Creates and starts a container; returns its id.
+    async fn create_and_start(&mut self, config: ContainerConfig) -> String {
         let name = config
             .metadata
             .as_ref()
@@ -144,6 +144,12 @@ impl TestPod {
             })
             .await
             .unwrap_or_else(|e| panic!("start {name}: {e:?}"));
+        id
+    }
+
+    /// Creates and starts a container, and waits until it runs.
+    pub async fn start(&mut self, config: ContainerConfig) -> String {
+        let id = self.create_and_start(config).await;
         self.wait_state(&id, ContainerState::ContainerRunning).await;
         id
     }
@@ -151,21 +157,7 @@ impl TestPod {
     /// Creates and starts a container, waits until it exits, and returns
     /// its status and what it wrote (stdout and stderr, in order).
     pub async fn run_to_exit(&mut self, config: ContainerConfig) -> (ContainerStatus, String) {
-        let name = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        let id = self
-            .create(config)
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("start {name}: {e:?}"));
+        let id = self.create_and_start(config).await;
         let status = self.wait_state(&id, ContainerState::ContainerExited).await;
         let log = self.log(&status.log_path);
         (status, log)
