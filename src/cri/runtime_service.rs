@@ -134,8 +134,7 @@ impl RuntimeService for RuntimeApi {
             let spec = SandboxSpec::from_cri(request.config).map_err(IntoStatus::into_status)?;
             let id = self
                 .daemon
-                .sandboxes()
-                .run(spec, &request.runtime_handler)
+                .run_sandbox(spec, &request.runtime_handler)
                 .await
                 .map_err(IntoStatus::into_status)?;
             Ok(RunPodSandboxResponse { pod_sandbox_id: id })

@@ -60,6 +60,16 @@ pub async fn probe_all(config: &Config) -> HashMap<String, HandlerFeatures> {
 }
 
 impl super::Daemon {
+    /// RunPodSandbox with what the pod's runtime handler can do.
+    pub async fn run_sandbox(
+        &self,
+        spec: crate::sandbox::SandboxSpec,
+        runtime_handler: &str,
+    ) -> Result<String, super::DaemonError> {
+        let idmap = self.user_namespaces(runtime_handler);
+        Ok(self.sandboxes.run(spec, runtime_handler, idmap).await?)
+    }
+
     /// Whether runtime handler `name` ("" = the default) can run pods with
     /// a user namespace of their own (its runtime has idmapped mounts).
     pub fn user_namespaces(&self, name: &str) -> bool {

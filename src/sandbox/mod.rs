@@ -115,9 +115,6 @@ pub struct Sandboxes {
     entries: crate::id::Objects<SandboxRecord>,
     pause_binary: PathBuf,
     lifecycle: crate::events::LifecycleBus,
-    /// Whether each OCI runtime binary supports idmapped mounts, probed on
-    /// the first pod that asks for a user namespace.
-    idmap_support: userns::IdmapSupport,
 }
 
 impl Sandboxes {
@@ -140,7 +137,6 @@ impl Sandboxes {
             entries: Default::default(),
             pause_binary,
             lifecycle,
-            idmap_support: Default::default(),
         };
         for (_, mut record) in sandboxes.store.list::<SandboxRecord>(Table::Sandboxes)? {
             if record.state == SandboxState::Ready

@@ -10,11 +10,14 @@ use crate::events::Lifecycle;
 use crate::store::{StoreError, Table};
 
 impl Sandboxes {
-    /// Runs a pod sandbox; returns its id.
+    /// Runs a pod sandbox; returns its id. `idmap_mounts` says whether the
+    /// handler's runtime has idmapped mounts (a pod user namespace needs
+    /// them).
     pub async fn run(
         &self,
         spec: SandboxSpec,
         runtime_handler: &str,
+        idmap_mounts: bool,
     ) -> Result<String, SandboxError> {
         let (handler, handler_config) = self
             .config
@@ -22,9 +25,7 @@ impl Sandboxes {
             .ok_or_else(|| SandboxError::UnknownHandler(crate::input::quoted(runtime_handler)))?;
         if spec.user_namespace.is_some() {
             // Checked before anything exists: nothing to undo.
-            self.idmap_support
-                .require(handler, &handler_config.runtime)
-                .await?;
+            super::userns::require(handler, &handler_config.runtime, idmap_mounts)?;
         }
         let id = new_id()?;
         let name = spec.reserved_name();
