@@ -29,6 +29,7 @@ mod pod_resources;
 mod stats;
 mod streaming;
 
+pub use features::HandlerFeatures;
 pub use stats::{ContainerSample, PodSample};
 
 /// How long in-flight requests may run after berthd is asked to stop.
@@ -463,20 +464,6 @@ impl Daemon {
                 }
             }
         });
-    }
-
-    /// Whether runtime handler `name` ("" = the default) supports
-    /// recursive read-only mounts.
-    pub fn recursive_read_only_mounts(&self, name: &str) -> bool {
-        let name = if name.is_empty() {
-            self.config.default_runtime.as_str()
-        } else {
-            name
-        };
-        self.features
-            .get()
-            .and_then(|f| f.get(name))
-            .is_some_and(|f| f.recursive_read_only_mounts)
     }
 
     /// The bus container and sandbox lifecycle changes are published on.

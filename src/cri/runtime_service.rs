@@ -65,12 +65,15 @@ impl RuntimeService for RuntimeApi {
             let default = std::iter::once(String::new());
             let runtime_handlers = default
                 .chain(config.runtimes.keys().cloned())
-                .map(|name| RuntimeHandler {
-                    features: Some(RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: self.daemon.recursive_read_only_mounts(&name),
-                        user_namespaces: self.daemon.user_namespaces(&name),
-                    }),
-                    name,
+                .map(|name| {
+                    let features = self.daemon.handler_features(&name);
+                    RuntimeHandler {
+                        features: Some(RuntimeHandlerFeatures {
+                            recursive_read_only_mounts: features.recursive_read_only_mounts,
+                            user_namespaces: features.user_namespaces,
+                        }),
+                        name,
+                    }
                 })
                 .collect();
             Ok(StatusResponse {

@@ -66,13 +66,13 @@ impl super::Daemon {
         spec: crate::sandbox::SandboxSpec,
         runtime_handler: &str,
     ) -> Result<String, super::DaemonError> {
-        let idmap = self.user_namespaces(runtime_handler);
+        let idmap = self.handler_features(runtime_handler).user_namespaces;
         Ok(self.sandboxes.run(spec, runtime_handler, idmap).await?)
     }
 
-    /// Whether runtime handler `name` ("" = the default) can run pods with
-    /// a user namespace of their own (its runtime has idmapped mounts).
-    pub fn user_namespaces(&self, name: &str) -> bool {
+    /// What runtime handler `name` ("" = the default) can do, as probed at
+    /// start (nothing before that, or for an unknown handler).
+    pub fn handler_features(&self, name: &str) -> HandlerFeatures {
         let name = if name.is_empty() {
             self.config.default_runtime.as_str()
         } else {
@@ -81,7 +81,8 @@ impl super::Daemon {
         self.features
             .get()
             .and_then(|f| f.get(name))
-            .is_some_and(|f| f.user_namespaces)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
